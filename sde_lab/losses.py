@@ -1,7 +1,7 @@
 """Denoising score-matching losses (Vincent 2011; Song et al. 2021, eq. 7).
 
 Every loss is a pure function `loss(params, score_model, sde, batch, key, **options)`
-returning a scalar, where `score_model(params, x, t)` is the score (see
+returning a scalar (`key`: one PRNG key, or one per example, see `example_keys`), where `score_model(params, x, t)` is the score (see
 `parameterization.Parameterization.score_model`) and `batch` is the clean data x_0
 `[B, ...]`. With x_t = mean_coeff(t) x_0 + std(t) z, the per-example loss is
 
@@ -39,6 +39,31 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
         raise ValueError(f"{name}={value!r} is not valid; choose from {list(choices)}")
 
 
+def example_keys(key: Array, batch_size: int) -> Array:
+    """One PRNG key per example: `key` split B ways, or `key` itself if it already is [B].
+
+    Losses draw every random number per example from these keys, so a data-parallel run
+    that shards the per-example keys with the batch (jit or pmap) draws exactly the noise of
+    the one-device run.
+    """
+    key = jnp.asarray(key) if not isinstance(key, jax.Array) else key
+    single_ndim = 0 if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) else 1
+    if key.ndim == single_ndim:
+        return jax.random.split(key, batch_size)
+    if key.shape[0] != batch_size:
+        raise ValueError(f"got {key.shape[0]} per-example keys for a batch of {batch_size}")
+    return key
+
+
+def _uniform_and_normal(key: Array, batch: Array) -> tuple[Array, Array]:
+    """Per-example u ~ U[0, 1) [B] and z ~ N(0, I) shaped like `batch`."""
+    def draw(k):
+        k_u, k_z = jax.random.split(k)
+        return jax.random.uniform(k_u), jax.random.normal(k_z, batch.shape[1:])
+
+    return jax.vmap(draw)(example_keys(key, batch.shape[0]))
+
+
 def _scaled_residual(params, score_model, sde, x0, t, z, reduce) -> Array:
     """reduce_d((std * score(x_t, t) + z)^2), i.e. std^2 times the DSM residual: [B]."""
     mean_coeff, std = sde.marginal(t)
@@ -66,10 +91,7 @@ def dsm_loss(params, score_model: ScoreModel, sde: SDE, batch: Array, key: Array
     _check_choice("reduce", reduce, REDUCTIONS)
     if importance_sampling and weighting != "likelihood":
         raise ValueError("importance_sampling=True needs weighting='likelihood'")
-    key_t, key_z = jax.random.split(key)
-    batch_size = batch.shape[0]
-    u = jax.random.uniform(key_t, (batch_size,))
-    z = jax.random.normal(key_z, batch.shape)
+    u, z = _uniform_and_normal(key, batch)
     if importance_sampling:
         hi, lo = sde.log_snr(jnp.asarray(eps)), sde.log_snr(jnp.asarray(sde.T))
         t = sde.t_from_log_snr(hi - u * (hi - lo))
@@ -94,10 +116,9 @@ def discrete_dsm_loss(params, score_model: ScoreModel, sde: SDE, batch: Array, k
     sigma(t_i) are the geometric sequence sigma_min ... sigma_max.
     """
     _check_choice("reduce", reduce, REDUCTIONS)
-    key_i, key_z = jax.random.split(key)
-    index = jax.random.randint(key_i, (batch.shape[0],), 0, num_levels)
+    u, z = _uniform_and_normal(key, batch)
+    index = jnp.minimum(jnp.floor(u * num_levels).astype(jnp.int32), num_levels - 1)
     t = sde.discrete_times(num_levels)[index]
-    z = jax.random.normal(key_z, batch.shape)
     return jnp.mean(_scaled_residual(params, score_model, sde, batch, t, z, reduce))
 
 

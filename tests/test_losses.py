@@ -130,3 +130,19 @@ def test_loss_is_differentiable_and_jittable():
     x = jax.random.normal(jax.random.PRNGKey(0), (64, D))
     g = jax.jit(jax.grad(lambda w: losses.dsm_loss(w, model, sde, x, jax.random.PRNGKey(1))))(1.0)
     assert np.isfinite(float(g))
+
+
+def test_per_example_keys_make_the_loss_shard_invariant():
+    """Splitting the batch and the per-example keys in two and averaging the halves gives
+    the full-batch loss: what a data-parallel step relies on."""
+    sde = sdes.make("vp")
+    model = _exact_model(sde)
+    x = jax.random.normal(jax.random.PRNGKey(0), (8, D))
+    keys = losses.example_keys(jax.random.PRNGKey(1), 8)
+    full = losses.dsm_loss(0.0, model, sde, x, keys)
+    halves = [losses.dsm_loss(0.0, model, sde, x[i:i + 4], keys[i:i + 4]) for i in (0, 4)]
+    np.testing.assert_allclose(full, np.mean(halves), rtol=1e-6)
+    np.testing.assert_allclose(full, losses.dsm_loss(0.0, model, sde, x, jax.random.PRNGKey(1)),
+                               rtol=1e-6)
+    with pytest.raises(ValueError, match="got 4 per-example keys for a batch of 8"):
+        losses.dsm_loss(0.0, model, sde, x, keys[:4])
