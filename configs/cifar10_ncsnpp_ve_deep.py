@@ -1,0 +1,14 @@
+"""CIFAR-10, VE, DSM, network ncsnpp_cont_deep. Published: FID 2.20, IS 9.89 (Song+21, Table 3).
+
+  python main.py --config configs/cifar10_ncsnpp_ve_deep.py --workdir runs/cifar10_ncsnpp_ve_deep
+  python main.py --config configs/cifar10_ncsnpp_ve_deep.py:runlocal --workdir /tmp/cifar10_ncsnpp_ve_deep
+
+CIFAR-10 must be prepared first: pip install "sde_lab[tf]" && tfds build cifar10
+--file_format=array_record. Settings: configs/cifar10.py.
+"""
+
+from configs import cifar10
+
+
+def get_config(arg: str | None = None):
+    return cifar10.get_config("ncsnpp_ve_deep" + ("," + arg if arg else ""))

@@ -1,0 +1,293 @@
+"""Datasets behind one interface: embedded digits, analytic toy sets, and TFDS images.
+
+Every dataset yields, for global step k, the same global batch on every machine and after
+every restart: example positions [k B, (k+1) B) of an endless stream of per-epoch
+permutations drawn from (seed, epoch). Each process reads only its slice of that batch,
+so per-host sharding needs no communication and a resumed run sees the data order of an
+uninterrupted one.
+
+Images are stored as integers k in [0, L-1] (L = `num_levels`: 17 for the scikit-learn
+digits, 256 for 8-bit images) and scaled by `Scaler` to the model's input range.
+TFDS datasets are read with `tfds.data_source` (array_record files, no TensorFlow). A
+dataset that is not prepared fails at once with the command that prepares it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from typing import Iterator, Protocol
+
+import numpy as np
+
+from sde_lab.analytic import GaussianMixture
+
+TOY_SETS = ("gmm", "checkerboard", "moons")
+
+
+@dataclasses.dataclass(frozen=True)
+class Scaler:
+    """Integer levels k in [0, L-1] <-> model inputs.
+
+    Without dequantization y = k / (L - 1); with it y = (k + u) / L, u ~ U[0, 1). Centered
+    data is then mapped to 2 y - 1. `scale` is dx/dy of the final affine map from the unit
+    cube of dequantized data (y in [0, 1)) to the model input, needed for bits/dim.
+    """
+
+    num_levels: int
+    centered: bool = True
+
+    @property
+    def scale(self) -> float:
+        return 2.0 if self.centered else 1.0
+
+    def to_model(self, k: np.ndarray, u: np.ndarray | None = None) -> np.ndarray:
+        k = np.asarray(k, np.float32)
+        y = k / (self.num_levels - 1) if u is None else (k + u) / self.num_levels
+        return (2.0 * y - 1.0 if self.centered else y).astype(np.float32)
+
+    def to_levels(self, x: np.ndarray) -> np.ndarray:
+        """Model outputs -> nearest integer levels (for PNGs and FID features)."""
+        y = (np.asarray(x) + 1.0) / 2.0 if self.centered else np.asarray(x)
+        return np.clip(np.rint(y * (self.num_levels - 1)), 0, self.num_levels - 1).astype(np.int32)
+
+    def to_uint8(self, x: np.ndarray) -> np.ndarray:
+        y = (np.asarray(x) + 1.0) / 2.0 if self.centered else np.asarray(x)
+        return np.clip(np.rint(y * 255.0), 0, 255).astype(np.uint8)
+
+
+class Split(Protocol):
+    """Random access to one split: `len(split)`, `split.get(indices) -> (data, labels)`."""
+
+    def __len__(self) -> int: ...
+
+    def get(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+@dataclasses.dataclass
+class ArraySplit:
+    """A split held in memory (digits, or small TFDS splits)."""
+
+    data: np.ndarray
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def get(self, indices):
+        return self.data[indices], self.labels[indices]
+
+
+@dataclasses.dataclass
+class TfdsSplit:
+    """A TFDS split read example by example through `tfds.data_source`."""
+
+    source: object
+    image_key: str = "image"
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def get(self, indices):
+        records = [self.source[int(i)] for i in indices]
+        images = np.stack([np.asarray(r[self.image_key]) for r in records])
+        labels = np.asarray([int(r.get("label", 0)) for r in records], np.int32)
+        return images, labels
+
+
+def load_digits(seed: int = 0, num_test: int = 297) -> dict[str, ArraySplit]:
+    """scikit-learn's 1,797 8x8 digits (levels 0..16), split by a fixed permutation into
+    1,500 train and 297 test images: [N, 8, 8, 1] int32."""
+    from sklearn.datasets import load_digits as sk_load_digits
+
+    digits = sk_load_digits()
+    images = digits.images.astype(np.int32)[..., None]
+    perm = np.random.default_rng(seed).permutation(len(images))
+    test, train = perm[:num_test], perm[num_test:]
+    return {"train": ArraySplit(images[train], digits.target[train].astype(np.int32)),
+            "test": ArraySplit(images[test], digits.target[test].astype(np.int32))}
+
+
+def toy_distribution(name: str, dim: int = 2):
+    """Analytic toy sets. Returns an object with `sample(rng, n) -> [n, dim] float32`."""
+    if name == "gmm":
+        angles = 2 * np.pi * np.arange(8) / 8
+        means = np.zeros((8, dim))
+        means[:, 0], means[:, 1 % dim] = 2 * np.cos(angles), 2 * np.sin(angles)
+        return _MixtureSampler(GaussianMixture.create(means, 0.2))
+    if name == "checkerboard":
+        return _Checkerboard()
+    if name == "moons":
+        return _Moons()
+    raise ValueError(f"unknown toy set '{name}'; available: {list(TOY_SETS)}")
+
+
+@dataclasses.dataclass
+class _MixtureSampler:
+    mixture: GaussianMixture
+
+    def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        m = self.mixture
+        comp = rng.choice(len(m.weights), size=n, p=m.weights)
+        return (m.means[comp] + m.stds[comp] * rng.standard_normal((n, m.dim))).astype(np.float32)
+
+
+class _Checkerboard:
+    """Uniform on the black squares of a 4x4 board over [-2, 2]^2."""
+
+    def sample(self, rng, n):
+        x1 = rng.uniform(-2, 2, n)
+        x2 = rng.uniform(0, 1, n) + rng.integers(0, 2, n) * 2 - 2 + (np.floor(x1) % 2)
+        return np.stack([x1, x2], 1).astype(np.float32)
+
+
+class _Moons:
+    """Two interleaved half circles with Gaussian noise 0.05, centred and scaled by 1.5."""
+
+    def sample(self, rng, n):
+        upper = rng.integers(0, 2, n).astype(bool)
+        theta = rng.uniform(0, np.pi, n)
+        x = np.where(upper, np.cos(theta), 1 - np.cos(theta))
+        y = np.where(upper, np.sin(theta), 0.5 - np.sin(theta))
+        pts = np.stack([x - 0.5, y - 0.25], 1) * 1.5 + 0.05 * rng.standard_normal((n, 2))
+        return pts.astype(np.float32)
+
+
+def prepare_command(name: str, data_dir: str) -> str:
+    return (f'pip install "sde_lab[tf]" && tfds build {name} --file_format=array_record '
+            f"--data_dir={data_dir}")
+
+
+def load_tfds(name: str, split: str, data_dir: str | None) -> TfdsSplit:
+    """Opens a prepared TFDS split; never downloads (an offline attempt hangs for minutes)."""
+    import tensorflow_datasets as tfds
+
+    data_dir = data_dir or os.environ.get("TFDS_DATA_DIR") or os.path.expanduser(
+        "~/tensorflow_datasets")
+    try:
+        source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+    except Exception as e:  # TFDS raises several types for "not prepared"
+        raise FileNotFoundError(
+            f"dataset '{name}' (split '{split}') is not prepared in {data_dir} as array_record "
+            f"({type(e).__name__}). Prepare it once with:\n  {prepare_command(name, data_dir)}"
+        ) from None
+    return TfdsSplit(source)
+
+
+class Dataset:
+    """A dataset split with deterministic, resumable, per-process batches."""
+
+    def __init__(self, split: Split | None, *, toy=None, scaler: Scaler | None = None,
+                 image_size: int | None = None, random_flip: bool = False,
+                 dequantize: bool = False, seed: int = 0):
+        self.split, self.toy, self.scaler = split, toy, scaler
+        self.image_size, self.random_flip, self.dequantize = image_size, random_flip, dequantize
+        self.seed = seed
+
+    @property
+    def is_image(self) -> bool:
+        return self.toy is None
+
+    def __len__(self) -> int:
+        return len(self.split) if self.split is not None else 0
+
+    def _positions(self, step: int, batch_size: int) -> np.ndarray:
+        """Dataset indices of global batch `step` (positions in per-epoch permutations)."""
+        n = len(self.split)
+        pos = np.arange(step * batch_size, (step + 1) * batch_size)
+        epochs = pos // n
+        out = np.empty_like(pos)
+        for e in np.unique(epochs):
+            perm = np.random.default_rng([self.seed, int(e)]).permutation(n)
+            sel = epochs == e
+            out[sel] = perm[pos[sel] % n]
+        return out
+
+    def batch(self, step: int, batch_size: int, process_index: int = 0,
+              process_count: int = 1) -> dict[str, np.ndarray]:
+        """This process's slice of global batch `step`: {"x": float32, "label": int32}."""
+        local = batch_size // process_count
+        rng = np.random.default_rng([self.seed, step, 7919])
+        lo, hi = process_index * local, (process_index + 1) * local
+        if self.toy is not None:
+            x = self.toy.sample(rng, batch_size)[lo:hi]
+            return {"x": x, "label": np.zeros((local,), np.int32)}
+        idx = self._positions(step, batch_size)[lo:hi]
+        levels, labels = self.split.get(idx)
+        u = rng.uniform(size=(batch_size,) + levels.shape[1:])[lo:hi] if self.dequantize else None
+        x = self.scaler.to_model(levels, u)
+        if self.random_flip:
+            flip = rng.uniform(size=batch_size)[lo:hi] < 0.5
+            x = np.where(flip[:, None, None, None], x[:, :, ::-1], x)
+        return {"x": self._resize(x), "label": labels.astype(np.int32)}
+
+    def _resize(self, x: np.ndarray) -> np.ndarray:
+        if self.image_size is None or x.shape[1] == self.image_size:
+            return x
+        import jax
+
+        shape = (x.shape[0], self.image_size, self.image_size, x.shape[-1])
+        return np.asarray(jax.image.resize(x, shape, "bilinear", antialias=True))
+
+    def levels(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """Raw integer images [start, stop) in dataset order (eval: bits/dim, reference FID)."""
+        levels, labels = self.split.get(np.arange(start, min(stop, len(self.split))))
+        if self.image_size is not None and levels.shape[1] != self.image_size:
+            raise ValueError(f"eval images are {levels.shape[1]}x{levels.shape[1]} but "
+                             f"data.image_size={self.image_size}; bits/dim needs raw pixels")
+        return levels, labels
+
+    def iterate(self, start_step: int, batch_size: int, process_index: int = 0,
+                process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
+        step = start_step
+        while True:
+            yield self.batch(step, batch_size, process_index, process_count)
+            step += 1
+
+
+def make(dataset: str, split: str, *, num_levels: int = 256, centered: bool = True,
+         image_size: int | None = None, random_flip: bool = False,
+         uniform_dequantization: bool = False, data_dir: str | None = None, toy_dim: int = 2,
+         seed: int = 0, train: bool = True) -> Dataset:
+    """Builds a dataset: "digits", "toy:<gmm|checkerboard|moons>", or any prepared TFDS name.
+
+    Raises:
+      ValueError: unknown toy set or split of the embedded digits.
+      FileNotFoundError: a TFDS dataset that is not prepared (with the command to prepare it).
+    """
+    scaler = Scaler(num_levels, centered)
+    common = dict(scaler=scaler, image_size=image_size, seed=seed,
+                  random_flip=random_flip and train, dequantize=uniform_dequantization and train)
+    if dataset.startswith("toy:"):
+        return Dataset(None, toy=toy_distribution(dataset[4:], toy_dim), seed=seed)
+    if dataset == "digits":
+        splits = load_digits()
+        if split not in splits:
+            raise ValueError(f"digits has splits {sorted(splits)}, not '{split}'")
+        if num_levels != 17:
+            raise ValueError(f"digits has 17 levels (0..16); set data.num_levels=17, not {num_levels}")
+        return Dataset(splits[split], **common)
+    return Dataset(load_tfds(dataset, split, data_dir), **common)
+
+
+def image_grid(images: np.ndarray, ncol: int | None = None) -> np.ndarray:
+    """[N, H, W, C] uint8 -> one [rows*(H+1)+1, ncol*(W+1)+1, C] grid with 1-px borders."""
+    n, h, w, c = images.shape
+    ncol = ncol or int(math.ceil(math.sqrt(n)))
+    nrow = int(math.ceil(n / ncol))
+    grid = np.full((nrow * (h + 1) + 1, ncol * (w + 1) + 1, c), 255, np.uint8)
+    for i, img in enumerate(images):
+        r, q = divmod(i, ncol)
+        grid[1 + r * (h + 1): 1 + r * (h + 1) + h, 1 + q * (w + 1): 1 + q * (w + 1) + w] = img
+    return grid
+
+
+def save_png(path: str, images_uint8: np.ndarray, upscale: int = 1) -> None:
+    """Writes a grid of [N, H, W, C] uint8 images, each pixel repeated `upscale` times."""
+    from PIL import Image
+
+    grid = image_grid(images_uint8)
+    if upscale > 1:
+        grid = grid.repeat(upscale, 0).repeat(upscale, 1)
+    Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(path)

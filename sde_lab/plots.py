@@ -1,0 +1,29 @@
+"""Pictures of 2-D samples over the true data distribution (toy runs)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def scatter(path: str, x: np.ndarray, config) -> None:
+    """Samples (red dots) over a 2-D histogram of 200,000 true samples (grey)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from sde_lab import data
+
+    true = data.toy_distribution(config.data.dataset[4:], config.data.toy_dim).sample(
+        np.random.default_rng(0), 200_000)
+    fig, axes = plt.subplots(1, 2, figsize=(8, 4), sharex=True, sharey=True)
+    lim = np.abs(true[:, :2]).max() * 1.15
+    for ax, title in zip(axes, ("data density", f"{len(x)} samples")):
+        ax.hist2d(true[:, 0], true[:, 1], bins=120, range=[[-lim, lim], [-lim, lim]],
+                  cmap="Greys")
+        ax.set_title(title)
+        ax.set_aspect("equal")
+    axes[1].scatter(x[:, 0], x[:, 1], s=2, c="tab:red", alpha=0.6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

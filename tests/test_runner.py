@@ -1,0 +1,207 @@
+"""End-to-end runner tests: main.py train/eval/sample, resume, preemption, bad input."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MAIN = os.path.join(ROOT, "main.py")
+
+
+def _env(**extra):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
+    env.update(extra)
+    return env
+
+
+def _main(args, timeout=600, **env):
+    return subprocess.run([sys.executable, MAIN, *args], capture_output=True, text=True,
+                          timeout=timeout, env=_env(**env), cwd=ROOT)
+
+
+def _load_config(spec):
+    sys.path.insert(0, ROOT)
+    import importlib.util
+
+    path, _, variant = spec.partition(":")
+    mod_spec = importlib.util.spec_from_file_location("_cfg", os.path.join(ROOT, path))
+    module = importlib.util.module_from_spec(mod_spec)
+    mod_spec.loader.exec_module(module)
+    return module.get_config(variant or None)
+
+
+def _restore(config_spec, workdir, step, **overrides):
+    from sde_lab import run, train
+
+    config = _load_config(config_spec)
+    for k, v in overrides.items():
+        section, field = k.split(".")
+        config[section][field] = v
+    exp = run.build(config)
+    return train.restore_params(exp, str(workdir), step, ema=False)[0]
+
+
+def _wait_for(path_fn, proc, timeout=300):
+    t0 = time.time()
+    while not path_fn():
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() - t0 < timeout, "timed out waiting"
+        time.sleep(0.2)
+
+
+def _checkpoints(workdir):
+    d = os.path.join(workdir, "checkpoints")
+    return sorted(int(s) for s in os.listdir(d) if s.isdigit()) if os.path.isdir(d) else []
+
+
+@pytest.mark.slow
+def test_cifar10_shaped_runlocal_trains_saves_restores_evaluates_samples(tmp_path):
+    """A :runlocal CIFAR-10 config under tfds.testing.mock_data: train, resume, eval, sample."""
+    import tensorflow_datasets as tfds
+
+    from sde_lab import run
+
+    workdir = str(tmp_path / "c10")
+    config = _load_config("configs/cifar10_ddpmpp_vp.py:runlocal")
+    config.train.num_steps = 6
+    config.train.checkpoint_every_steps = 3
+    config.train.log_every_steps = 3
+    config.train.eval_at_end = False
+    config.eval.num_samples = 8
+    config.eval.bpd_num_examples = 4
+    with tfds.testing.mock_data(num_examples=16):
+        assert run.main(config, workdir, "train") == 0
+        assert _checkpoints(workdir) == [3, 6]
+        config.train.num_steps = 8  # resume and continue
+        assert run.main(config, workdir, "train") == 0
+        assert run.main(config, workdir, "eval") == 0
+        assert run.main(config, workdir, "sample") == 0
+    logged = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    assert [r["step"] for r in logged] == [3, 6, 8]
+    assert all(np.isfinite(r["loss"]) and r["loss"] > 0 for r in logged)
+    result = json.load(open(os.path.join(workdir, "eval", "8.json")))
+    assert result["step"] == 8 and result["num_samples"] == 8
+    assert np.isfinite(result["bpd"]) and result["bpd"] > 0
+    samples = np.load(os.path.join(workdir, "samples", "samples_8.npz"))["x"]
+    assert samples.shape == (16, 32, 32, 3) and np.all(np.isfinite(samples))
+    assert os.path.exists(os.path.join(workdir, "samples", "samples_8.png"))
+    assert json.load(open(os.path.join(workdir, "config.json")))["data"]["dataset"] == "cifar10"
+
+
+TOY = "configs/toy.py:runlocal"
+TOY_ARGS = ["--config", TOY, "--config.train.num_steps=60", "--config.train.log_every_steps=10",
+            "--config.train.checkpoint_every_steps=10", "--config.train.eval_at_end=False"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("full")
+    out = _main([*TOY_ARGS, "--workdir", str(workdir)])
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert os.path.exists(workdir / "DONE")
+    return workdir
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_equals_uninterrupted_run_exactly(tmp_path, uninterrupted):
+    workdir = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, MAIN, *TOY_ARGS, "--workdir", str(workdir)],
+                            env=_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _wait_for(lambda: len(_checkpoints(workdir)) >= 1, proc)
+    time.sleep(random.uniform(0.0, 1.0))  # a random point after the first checkpoint
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = _checkpoints(workdir)[-1]
+    out = _main([*TOY_ARGS, "--workdir", str(workdir)])
+    assert out.returncode == 0, out.stderr[-3000:]
+    if killed_at < 60:
+        assert f"restored checkpoint at step {killed_at}" in out.stdout
+    a = _restore(TOY, workdir, 60)
+    b = _restore(TOY, uninterrupted, 60)
+    import jax
+
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_and_exits_zero(tmp_path):
+    workdir = tmp_path / "term"
+    args = [a.replace("num_steps=60", "num_steps=100000") for a in TOY_ARGS]
+    args = [a.replace("checkpoint_every_steps=10", "checkpoint_every_steps=50000") for a in args]
+    proc = subprocess.Popen([sys.executable, MAIN, *args, "--workdir", str(workdir)],
+                            env=_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    _wait_for(lambda: os.path.exists(workdir / "metrics.jsonl") and
+              os.path.getsize(workdir / "metrics.jsonl") > 0, proc)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr[-3000:]
+    steps = _checkpoints(workdir)
+    assert len(steps) == 1 and 10 <= steps[0] < 100000
+    assert f"SIGTERM: saved checkpoint at step {steps[0]}" in stdout
+
+
+@pytest.mark.slow
+def test_non_finite_loss_stops_without_overwriting_the_good_checkpoint(tmp_path, uninterrupted):
+    import shutil
+
+    workdir = tmp_path / "nan"
+    shutil.copytree(uninterrupted, workdir)
+    out = _main([*TOY_ARGS, "--workdir", str(workdir), "--config.train.num_steps=90",
+                 "--config.optim.lr=1e30", "--config.optim.grad_clip=0"])
+    assert out.returncode == 1
+    line = [ln for ln in out.stderr.splitlines() if ln.startswith("error:")]
+    assert line and "non-finite loss at step 6" in line[0], out.stderr[-2000:]
+    assert _checkpoints(workdir)[-1] == 60
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--config.sde.name=vpp"], "sde.name='vpp' is not valid; choose from ['cosine_vp', 'subvp', 've', 'vp']"),
+    (["--config.model.name=unet"], "model.name='unet' is not valid; choose from"),
+    (["--config.sample.sampler=rk4"], "sample.sampler='rk4' is not valid; choose from"),
+    (["--config.data.image_size=7"], "cannot take input (7, 7, 1)"),
+    (["--config.data.dataset=cifar10", "--config.data.data_dir=/nonexistent_tfds"],
+     "tfds build cifar10 --file_format=array_record"),
+    (["--config.train.batchsize=3"], "unknown config field 'train.batchsize'; did you mean 'train.batch_size'?"),
+    (["--config.sde.beta_min=30"], "vp: need 0 <= beta_min < beta_max"),
+])
+def test_bad_input_is_one_line_before_compilation(tmp_path, args, message):
+    out = _main(["--config", "configs/digits.py:runlocal", "--workdir", str(tmp_path / "w"),
+                 *args], timeout=120)
+    assert out.returncode != 0
+    lines = [ln for ln in out.stderr.strip().splitlines() if ln.strip()]
+    assert lines[-1].startswith("error: ") and message in lines[-1], out.stderr[-2000:]
+    assert "Traceback" not in out.stderr
+    assert not os.path.exists(tmp_path / "w" / "checkpoints")
+
+
+def test_batch_not_divisible_by_devices(tmp_path):
+    out = _main(["--config", "configs/digits.py:runlocal", "--workdir", str(tmp_path),
+                 "--config.train.batch_size=6"], timeout=120,
+                XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert "train.batch_size=6" in out.stderr and "4" in out.stderr
+
+
+def test_unwritable_workdir(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    out = _main(["--config", "configs/digits.py:runlocal", "--workdir", str(blocker / "sub")],
+                timeout=120)
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert "--workdir" in out.stderr and "not writable" in out.stderr
+
+
+def test_dry_run_prints_config_and_parameter_count(tmp_path):
+    out = _main(["--config", "configs/cifar10_ddpmpp_vp.py", "--dry_run"], timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "parameters: 61," in out.stdout  # DDPM++ cont.: 61.8M (score_sde)
+    assert "ddpmpp_cont" in out.stdout
