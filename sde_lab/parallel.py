@@ -245,16 +245,12 @@ def _compile_pmap(step_fn: StepFn, mesh: Mesh):
                     axis_name=AXIS, in_axes=(None, 0, 0), out_axes=None, devices=devices)
 
     def per_device(x):
+        """[B_local, ...] -> [n_local, B_local / n_local, ...], one row per local device."""
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            x = _local_rows(x)  # pmap takes process-local input
         if x.shape[0] % n_local:
             raise ValueError(f"batch of {x.shape[0]} does not split over {n_local} devices")
         return x.reshape((n_local, x.shape[0] // n_local) + x.shape[1:])
-
-    def local_rows(x):
-        """This process's rows of a global array, as one local array."""
-        if isinstance(x, jax.Array) and not x.is_fully_addressable:
-            shards = sorted(x.addressable_shards, key=lambda s: s.index[0].start or 0)
-            return jnp.concatenate([s.data for s in shards])
-        return x
 
     def local_copy(x):
         if isinstance(x, jax.Array) and not x.is_fully_addressable:
@@ -262,11 +258,17 @@ def _compile_pmap(step_fn: StepFn, mesh: Mesh):
         return x
 
     def run(state, batch, example_keys):
-        batch = jax.tree.map(lambda x: per_device(local_rows(x)), batch)
+        batch = jax.tree.map(per_device, batch)
         keys = _process_slice(example_keys)
         return step(jax.tree.map(local_copy, state), batch, per_device(keys))
 
     return run
+
+
+def _local_rows(x: jax.Array) -> np.ndarray:
+    """This process's rows of a global array sharded over 'data', on the host."""
+    shards = sorted(x.addressable_shards, key=lambda s: s.index[0].start or 0)
+    return np.concatenate([np.asarray(s.data) for s in shards])
 
 
 def _process_slice(example_keys):
