@@ -1,0 +1,280 @@
+"""Data parallelism over every device of every process: the only module that names devices.
+
+One mesh axis, `'data'`, spans all devices of all processes (`jax.devices()` order, so each
+process owns a contiguous block of the global batch). Parameters and optimizer state are
+replicated; the batch and its per-example PRNG keys are split along the batch dimension.
+
+Two ways to run a training step, chosen by `config.parallel.mode`:
+
+- `"jit"` (default): `jax.jit` with `NamedSharding` on an `AxisType.Auto` mesh. The step is
+  written as if for one device; XLA inserts the gradient all-reduce (big_vision's style: no
+  collective in user code). JAX's recommended path since 0.8.
+- `"pmap"`: `jax.pmap` over the local devices; the step sees its per-device slice and calls
+  `reduce_fn` (a `pmean` over `'data'`) on its gradients and metrics.
+
+A step function has the signature
+
+    step_fn(state, batch, example_keys, reduce_fn) -> (state, metrics)
+
+where `example_keys` holds one PRNG key per example (`losses.example_keys(key, B)`). Since
+losses draw every random number from the example's own key, and the keys are split exactly
+like the batch, both modes draw the same noise as one device: a step on N devices equals
+the one-device step on the same global batch up to float summation order.
+
+Multi-host: call `initialize()` first (it calls `jax.distributed.initialize()` under a
+multi-task Slurm step, Open MPI or a multi-host TPU slice, or when given a coordinator),
+feed each process its own `local_batch_size(B)` examples through `shard_batch`, and let
+`is_main_process()` alone write logs and files; every process must take part in orbax saves.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+AXIS = "data"
+MODES = ("jit", "pmap")
+
+StepFn = Callable[[Any, Any, jax.Array, Callable[[Any], Any]], tuple[Any, Any]]
+
+
+# -- start-up -------------------------------------------------------------------------------
+
+def _detected_cluster() -> str | None:
+    """Name of a multi-process launch environment that jax.distributed can read, or None."""
+    env = os.environ
+    # Inside an `srun` step with several tasks (a plain sbatch script is one process even
+    # when SLURM_NTASKS > 1, and initializing there would wait for peers that never come).
+    if int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_STEP_NODELIST" in env:
+        return "slurm"
+    if int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1:
+        return "ompi"
+    if len([h for h in env.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1:
+        return "tpu"
+    return None
+
+
+def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
+               process_id: int | None = None) -> None:
+    """Starts multi-process JAX if this is a multi-process launch; a no-op otherwise.
+
+    Calls `jax.distributed.initialize` with the given arguments when any is given, or with
+    none (JAX reads the cluster's environment) when a multi-task Slurm step, an Open MPI
+    launch or a multi-host TPU slice is detected. Must run before any other JAX call that
+    touches devices. Calling it again is harmless.
+    """
+    if jax.distributed.is_initialized():
+        return
+    explicit = (coordinator_address, num_processes, process_id)
+    if any(v is not None for v in explicit):
+        jax.distributed.initialize(coordinator_address=coordinator_address,
+                                   num_processes=num_processes, process_id=process_id)
+    elif _detected_cluster() is not None:
+        jax.distributed.initialize()
+
+
+def is_main_process() -> bool:
+    """True on process 0, the one that writes logs, samples and eval files."""
+    return jax.process_index() == 0
+
+
+# -- mesh and batch sizes -------------------------------------------------------------------
+
+def make_mesh(devices=None) -> Mesh:
+    """A one-axis `('data',)` mesh over `devices` (default: all devices of all processes).
+
+    The axis type is `Auto`: jit propagates shardings from the inputs, so code written for
+    one device runs unchanged (`jax.make_mesh` would default to `Explicit` axes).
+    """
+    devices = jax.devices() if devices is None else list(devices)
+    return Mesh(np.asarray(devices), (AXIS,), axis_types=(AxisType.Auto,))
+
+
+def _num_processes(mesh: Mesh) -> int:
+    return len({d.process_index for d in mesh.devices.flat})
+
+
+def check_batch_size(global_batch_size: int, mesh: Mesh,
+                     name: str = "train.batch_size") -> None:
+    """ValueError unless the global batch splits evenly over devices and processes."""
+    num_devices = mesh.devices.size
+    step = math.lcm(num_devices, _num_processes(mesh))
+    if global_batch_size > 0 and global_batch_size % step == 0:
+        return
+    lower = (global_batch_size // step) * step
+    nearest = sorted({v for v in (lower, lower + step) if v > 0})
+    raise ValueError(
+        f"{name}={global_batch_size} must be a positive multiple of the device count "
+        f"{num_devices} ({_num_processes(mesh)} process(es)); nearest valid: {nearest}")
+
+
+def local_batch_size(global_batch_size: int) -> int:
+    """Examples each process loads per step: the global batch over the process count."""
+    n = jax.process_count()
+    if global_batch_size % n:
+        raise ValueError(f"batch size {global_batch_size} does not split over {n} processes")
+    return global_batch_size // n
+
+
+# -- placing data ---------------------------------------------------------------------------
+
+def _from_host(x, sharding: NamedSharding) -> jax.Array:
+    """A global array from a value every process holds in full (numpy or local jax)."""
+    if isinstance(x, jax.Array) and x.sharding == sharding:
+        return x
+    if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        impl = jax.random.key_impl(x)
+        data = _from_host(jax.random.key_data(x), sharding)
+        return jax.random.wrap_key_data(data, impl=impl)
+    host = np.asarray(x)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
+def replicate(tree, mesh: Mesh):
+    """Every leaf as a global array replicated on all mesh devices (NamedSharding P())."""
+    sharding = NamedSharding(mesh, P())
+    return jax.tree.map(lambda x: _from_host(x, sharding), tree)
+
+
+def shard_batch(local_tree, mesh: Mesh):
+    """Per-process arrays [B_local, ...] -> global arrays [B, ...] sharded over 'data'.
+
+    Process p's examples become rows p * B_local ... (p + 1) * B_local - 1 of the global
+    batch (the mesh lists devices process by process).
+    """
+    sharding = NamedSharding(mesh, P(AXIS))
+    n = jax.process_count()
+
+    def put(x):
+        x = np.asarray(x) if not isinstance(x, jax.Array) else x
+        return jax.make_array_from_process_local_data(sharding, x, (n * x.shape[0],) + x.shape[1:])
+
+    return jax.tree.map(put, local_tree)
+
+
+def shard_global(tree, mesh: Mesh):
+    """Arrays every process holds in full [B, ...] -> global arrays sharded over 'data'.
+
+    For the per-example keys, which every process derives identically from the step key.
+    """
+    sharding = NamedSharding(mesh, P(AXIS))
+    return jax.tree.map(lambda x: _from_host(x, sharding), tree)
+
+
+def to_host(tree):
+    """NumPy copies of the leaves, on every process (replicated arrays are not gathered)."""
+    def get(x):
+        if not isinstance(x, jax.Array):
+            return np.asarray(x)
+        if x.is_fully_addressable:
+            return np.asarray(x)
+        if x.is_fully_replicated:
+            return np.asarray(x.addressable_data(0))
+        from jax.experimental import multihost_utils  # only multi-process runs need it
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+    return jax.tree.map(get, tree)
+
+
+# -- compiled steps -------------------------------------------------------------------------
+
+def _identity(tree):
+    return tree
+
+
+def _pmean(tree):
+    return lax.pmean(tree, AXIS)
+
+
+def compile_step(step_fn: StepFn, mesh: Mesh, mode: str = "jit", donate_state: bool = True):
+    """Returns f(state, batch, example_keys) -> (state, metrics) running `step_fn` on `mesh`.
+
+    Args:
+      step_fn: step_fn(state, batch, example_keys, reduce_fn) -> (state, metrics). It must
+        apply `reduce_fn` to its gradients and metrics (identity under jit).
+      mesh: from `make_mesh`.
+      mode: "jit" (NamedSharding, XLA-inserted collectives) or "pmap".
+      donate_state: let the step reuse the input state's buffers (jit mode).
+
+    The returned f takes `state` replicated (`replicate`), `batch` global [B, ...]
+    (`shard_batch`; a plain array in a single process) and `example_keys` [B] (typed) or
+    [B, 2] (raw), identical on every process. It returns `state` and `metrics` with the
+    same pytree shapes in both modes: replicated global arrays under jit, single-device
+    arrays under pmap (call `replicate` on them before an orbax save in a multi-process
+    pmap run).
+    """
+    if mode not in MODES:
+        raise ValueError(f"unknown parallel mode '{mode}'; available: {list(MODES)}")
+    if mode == "jit":
+        return _compile_jit(step_fn, mesh, donate_state)
+    return _compile_pmap(step_fn, mesh)
+
+
+def _compile_jit(step_fn: StepFn, mesh: Mesh, donate_state: bool):
+    replicated, split = NamedSharding(mesh, P()), NamedSharding(mesh, P(AXIS))
+    step = jax.jit(lambda state, batch, keys: step_fn(state, batch, keys, _identity),
+                   in_shardings=(replicated, split, split),
+                   out_shardings=(replicated, replicated),
+                   donate_argnums=(0,) if donate_state else ())
+
+    def run(state, batch, example_keys):
+        if jax.process_count() > 1:
+            example_keys = shard_global(example_keys, mesh)
+        return step(state, batch, example_keys)
+
+    return run
+
+
+def _compile_pmap(step_fn: StepFn, mesh: Mesh):
+    local = [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
+    if jax.process_count() == 1 and len(local) != mesh.devices.size:
+        raise ValueError("pmap mode needs the mesh to hold every local device")
+    n_local = len(local)
+    # in_axes=None broadcasts the state to every device; out_axes=None returns one copy,
+    # which is exact because step_fn pmeans everything it returns.
+    # Several processes: pmap spans every process's local devices (devices=None).
+    devices = local if jax.process_count() == 1 else None
+    step = jax.pmap(lambda state, batch, keys: step_fn(state, batch, keys, _pmean),
+                    axis_name=AXIS, in_axes=(None, 0, 0), out_axes=None, devices=devices)
+
+    def per_device(x):
+        """[B_local, ...] -> [n_local, B_local / n_local, ...], one row per local device."""
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            x = _local_rows(x)  # pmap takes process-local input
+        if x.shape[0] % n_local:
+            raise ValueError(f"batch of {x.shape[0]} does not split over {n_local} devices")
+        return x.reshape((n_local, x.shape[0] // n_local) + x.shape[1:])
+
+    def local_copy(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return x.addressable_data(0)
+        return x
+
+    def run(state, batch, example_keys):
+        batch = jax.tree.map(per_device, batch)
+        keys = _process_slice(example_keys)
+        return step(jax.tree.map(local_copy, state), batch, per_device(keys))
+
+    return run
+
+
+def _local_rows(x: jax.Array) -> np.ndarray:
+    """This process's rows of a global array sharded over 'data', on the host."""
+    shards = sorted(x.addressable_shards, key=lambda s: s.index[0].start or 0)
+    return np.concatenate([np.asarray(s.data) for s in shards])
+
+
+def _process_slice(example_keys):
+    """Rows of the full per-example key array that belong to this process's examples."""
+    if isinstance(example_keys, jax.Array) and not example_keys.is_fully_addressable:
+        raise ValueError("pmap mode takes the full per-example keys on every process")
+    n, p = jax.process_count(), jax.process_index()
+    rows = example_keys.shape[0] // n
+    return example_keys[p * rows:(p + 1) * rows]

@@ -1,0 +1,147 @@
+"""Data parallelism: a step on 4 forced CPU devices equals the one-device step.
+
+The 4-device runs happen in a subprocess with XLA_FLAGS=--xla_force_host_platform_device_count=4
+(the flag must be set before JAX starts, and the rest of the suite runs on one device).
+The reference is a plain `jax.jit` step on one device that never touches sde_lab.parallel.
+
+Tolerance: the sharded step sums the per-example gradients in a different order, a
+relative difference of order B * 2^-24 ~ 1e-6 in each gradient entry (B = 16). Adam's
+update lr * m / (sqrt(v) + eps) is scale-free in the gradient, so after 3 steps with
+lr = 1e-2 each parameter differs by about 3 * lr * 1e-6 = 3e-8; we allow 1e-6, while the
+parameters move by ~1e-2 from their initial values (checked, so equality is not vacuous).
+"""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sde_lab import parallel
+
+HERE = pathlib.Path(__file__).parent
+ATOL = 1e-6
+
+
+def _subprocess_env(num_devices: int) -> dict:
+    env = dict(os.environ, JAX_PLATFORMS="cpu",
+               XLA_FLAGS=f"--xla_force_host_platform_device_count={num_devices}")
+    env["PYTHONPATH"] = os.pathsep.join([str(HERE.parent), str(HERE), env.get("PYTHONPATH", "")])
+    return env
+
+
+def run_worker(out: pathlib.Path, modes: list[str], num_devices: int = 4) -> dict:
+    proc = subprocess.run([sys.executable, str(HERE / "parallel_worker.py"), str(out), *modes],
+                          env=_subprocess_env(num_devices), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return dict(np.load(out))
+
+
+def params_of(results: dict, mode: str) -> dict:
+    return {k.split("/", 1)[1]: v for k, v in results.items()
+            if k.startswith(mode + "/") and not k.endswith("/loss")}
+
+
+def test_sharded_steps_equal_one_device_step(tmp_path):
+    results = run_worker(tmp_path / "out.npz", ["reference", "jit1", "jit", "pmap"])
+    assert int(results["device_count"]) == 4
+    ref = params_of(results, "reference")
+    assert len(ref) == 6  # 3 Dense layers x (kernel, bias)
+
+    import parallel_worker  # the same MLP, initialised like the worker does
+    init = parallel_worker._flatten(parallel_worker.init_state()["params"])
+    moved = max(np.max(np.abs(ref[k] - init[k])) for k in ref)
+    assert moved > 100 * ATOL, moved
+
+    for mode in ("jit1", "jit", "pmap"):
+        got = params_of(results, mode)
+        assert got.keys() == ref.keys()
+        for k in ref:
+            np.testing.assert_allclose(got[k], ref[k], rtol=0, atol=ATOL, err_msg=f"{mode} {k}")
+        np.testing.assert_allclose(results[f"{mode}/loss"], results["reference/loss"], rtol=1e-6)
+
+
+def test_bad_batch_size_names_option_devices_and_nearest_sizes():
+    code = ("from sde_lab import parallel\n"
+            "parallel.check_batch_size(12, parallel.make_mesh())\n"
+            "try:\n"
+            "    parallel.check_batch_size(10, parallel.make_mesh())\n"
+            "except ValueError as e:\n"
+            "    print(e)\n"
+            "try:\n"
+            "    parallel.check_batch_size(3, parallel.make_mesh(), name='eval.batch_size')\n"
+            "except ValueError as e:\n"
+            "    print(e)\n")
+    proc = subprocess.run([sys.executable, "-c", code], env=_subprocess_env(4),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    first, second = proc.stdout.strip().splitlines()
+    assert "train.batch_size=10" in first and "device count 4" in first
+    assert "[8, 12]" in first
+    assert "eval.batch_size=3" in second and "[4]" in second
+
+
+# -- one device, in process ------------------------------------------------------------------
+
+def test_unknown_mode_lists_choices():
+    mesh = parallel.make_mesh()
+    with pytest.raises(ValueError, match=r"unknown parallel mode 'shard'.*\['jit', 'pmap'\]"):
+        parallel.compile_step(lambda *a: a, mesh, mode="shard")
+
+
+def test_non_positive_batch_size_is_rejected():
+    with pytest.raises(ValueError, match="train.batch_size=0"):
+        parallel.check_batch_size(0, parallel.make_mesh())
+
+
+def test_mesh_is_one_auto_axis_over_all_devices():
+    mesh = parallel.make_mesh()
+    assert mesh.axis_names == ("data",)
+    assert mesh.devices.size == jax.device_count()
+    assert mesh.axis_types == (jax.sharding.AxisType.Auto,)
+
+
+def test_placement_round_trips_through_host():
+    mesh = parallel.make_mesh()
+    tree = {"w": np.arange(6.0, dtype=np.float32).reshape(2, 3), "b": np.float32(2.0)}
+    rep = parallel.replicate(tree, mesh)
+    assert rep["w"].sharding.is_fully_replicated
+    batch = parallel.shard_batch({"x": np.ones((4, 2), np.float32)}, mesh)
+    assert batch["x"].shape == (4, 2)
+    back = parallel.to_host(rep)
+    np.testing.assert_array_equal(back["w"], tree["w"])
+    assert isinstance(back["b"], np.ndarray) and back["b"] == 2.0
+    keys = parallel.shard_global(jax.random.split(jax.random.key(0), 4), mesh)
+    assert jax.dtypes.issubdtype(keys.dtype, jax.dtypes.prng_key) and keys.shape == (4,)
+    assert parallel.local_batch_size(8) == 8 and parallel.is_main_process()
+
+
+def test_initialize_is_a_no_op_for_one_process(monkeypatch):
+    for var in ("SLURM_NTASKS", "SLURM_STEP_NODELIST", "OMPI_COMM_WORLD_SIZE",
+                "TPU_WORKER_HOSTNAMES"):
+        monkeypatch.delenv(var, raising=False)
+    # A plain sbatch script is one process even when the allocation has several tasks.
+    monkeypatch.setenv("SLURM_NTASKS", "4")
+    assert parallel._detected_cluster() is None
+    parallel.initialize()
+    assert not jax.distributed.is_initialized() and jax.process_count() == 1
+    monkeypatch.setenv("SLURM_STEP_NODELIST", "node[001-004]")
+    assert parallel._detected_cluster() == "slurm"
+
+
+def test_jit_step_sees_whole_batch_with_identity_reduce():
+    """One device: the compiled step is the plain step, and reduce_fn is the identity."""
+    mesh = parallel.make_mesh()
+
+    def step_fn(state, batch, keys, reduce_fn):
+        total = reduce_fn(jnp.sum(batch))
+        return state + total, {"n": batch.shape[0] + 0 * keys.shape[0]}
+
+    step = parallel.compile_step(step_fn, mesh, donate_state=False)
+    state, metrics = step(jnp.float32(1.0), jnp.arange(4.0), jax.random.split(jax.random.key(0), 4))
+    assert float(state) == 7.0 and int(metrics["n"]) == 4
