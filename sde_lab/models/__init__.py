@@ -1,0 +1,60 @@
+"""Score networks: `models.make(name, size=..., **fields)` builds a Flax Linen module.
+
+Every image network maps x [B, H, W, C] and a conditioning value t [B] (from a
+`sde_lab.parameterization` wrapper) to an output shaped like x:
+
+    net = models.make("ncsnpp", size="ddpmpp_cont")   # or make("ncsnpp", nf=64, ...)
+    params = net.init(key, x, t)
+    out = net.apply(params, x, t)                     # + y=labels, train=True
+                                                      #   (rngs={"dropout": key})
+
+`models.sizes(name)` lists a model's named sizes: the published configurations plus
+`tiny` (tests) and `digits` (8x8x1 scikit-learn digits). Adding a model: a module file
+with a Linen class and a `SIZES` dict, and one line in `_MODELS` below.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import flax.linen as nn
+
+from sde_lab.models import ddpm, ncsnpp, ncsnv2
+
+# name -> (Linen module class, {size name: field overrides}).
+_MODELS: dict[str, tuple[type[nn.Module], dict[str, dict]]] = {
+    "ncsnpp": (ncsnpp.NCSNpp, ncsnpp.SIZES),
+    "ncsnv2": (ncsnv2.NCSNv2, ncsnv2.SIZES),
+    "ddpm": (ddpm.DDPM, ddpm.SIZES),
+}
+
+
+def _lookup(name: str) -> tuple[type[nn.Module], dict[str, dict]]:
+    if name not in _MODELS:
+        raise ValueError(f"unknown model '{name}'; available: {sorted(_MODELS)}")
+    return _MODELS[name]
+
+
+def sizes(name: str) -> list[str]:
+    """Named sizes of model `name`, e.g. sizes("ncsnpp") -> ["ddpmpp_cont", ...]."""
+    return sorted(_lookup(name)[1])
+
+
+def make(name: str, size: str | None = None, **fields) -> nn.Module:
+    """Builds model `name` with the fields of `size` (if given), then `fields` on top.
+
+    Raises:
+      ValueError: unknown model, size or field name (the message lists the choices), or
+        an invalid field value.
+    """
+    cls, table = _lookup(name)
+    if size is not None and size not in table:
+        raise ValueError(f"unknown size '{size}' for model '{name}'; available: {sorted(table)}")
+    valid = {f.name for f in dataclasses.fields(cls)} - {"parent", "name"}
+    unknown = sorted(set(fields) - valid)
+    if unknown:
+        raise ValueError(f"unknown field(s) {unknown} for model '{name}'; "
+                         f"available: {sorted(valid)}")
+    kwargs = dict(table[size]) if size is not None else {}
+    kwargs.update(fields)
+    return cls(**kwargs)

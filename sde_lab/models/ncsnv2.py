@@ -1,0 +1,213 @@
+"""NCSNv2 (Song & Ermon, NeurIPS 2020, "Improved Techniques for Training Score-Based
+Generative Models"): a RefineNet (Lin et al. 2017) on a dilated ResNet backbone.
+
+The network is *not* conditioned on the noise level: the paper's technique 3 makes
+s(x, sigma) = s(x) / sigma, which is exactly `parameterization.make("score")` (network
+output divided by sigma). So `t` is accepted for the common interface and ignored.
+
+Structure (score_sde models/ncsnv2.py, `ncsnv2_64/128/256`): level 0 has two residual
+blocks at full resolution; every further level starts with a "down" block, which halves the
+resolution (conv + mean-pool) when its dilation is 1 and otherwise keeps it and dilates
+the convolutions, followed by one plain block. RefineBlocks then fuse the levels from the
+deepest up (RCU -> multi-resolution fusion by bilinear resizing -> chained residual
+pooling -> RCU). Normalisation is InstanceNorm++, activation ELU, convs use PyTorch's
+default initialisation (score_sde's `ncsn_conv`).
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from sde_lab.models import layers
+
+Array = jax.Array
+
+
+def _ncsn_init(scale: float = 1.0):
+    """PyTorch's default conv init: uniform with bound sqrt(scale / fan_in)."""
+    return jax.nn.initializers.variance_scaling(scale / 3.0, "fan_in", "uniform")
+
+
+def ncsn_conv(x: Array, features: int, kernel: int = 3, dilation: int = 1,
+              use_bias: bool = True) -> Array:
+    """'SAME' kxk conv with PyTorch init for kernel and bias (bias bound 1/sqrt(fan_in))."""
+    fan_in = kernel * kernel * x.shape[-1]
+    bound = fan_in**-0.5
+    bias_init = lambda key, shape, dtype=jnp.float32: jax.random.uniform(  # noqa: E731
+        key, shape, dtype, -bound, bound)
+    return nn.Conv(features, (kernel, kernel), padding="SAME", use_bias=use_bias,
+                   kernel_dilation=(dilation, dilation), kernel_init=_ncsn_init(),
+                   bias_init=bias_init)(x)
+
+
+def _init_around_one(key, shape, dtype=jnp.float32):
+    return 1.0 + 0.02 * jax.random.normal(key, shape, dtype)
+
+
+class InstanceNormPlus(nn.Module):
+    """InstanceNorm++ (Song & Ermon 2019, eq. in App. A): instance norm that puts back the
+    normalised per-channel means: gamma * (IN(x) + alpha * (mu - mean(mu)) / std(mu)) + beta."""
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        c = x.shape[-1]
+        means = jnp.mean(x, axis=(1, 2))
+        m = jnp.mean(means, axis=-1, keepdims=True)
+        v = jnp.var(means, axis=-1, keepdims=True)
+        means_plus = (means - m) * jax.lax.rsqrt(v + 1e-5)
+        h = (x - means[:, None, None, :]) * jax.lax.rsqrt(
+            jnp.var(x, axis=(1, 2), keepdims=True) + 1e-5)
+        h = h + means_plus[:, None, None, :] * self.param("alpha", _init_around_one, (c,))
+        h = h * self.param("gamma", _init_around_one, (c,))
+        return h + self.param("beta", jax.nn.initializers.zeros, (c,))
+
+
+class ConvMeanPool(nn.Module):
+    """kxk conv (Flax default init, as score_sde) then 2x2 mean pooling."""
+
+    features: int
+    kernel: int = 3
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        x = nn.Conv(self.features, (self.kernel, self.kernel), padding="SAME")(x)
+        return layers.naive_downsample_2d(x)
+
+
+class ResidualBlock(nn.Module):
+    """Pre-activation residual block of the NCSNv2 backbone; `down` halves the resolution
+    when dilation == 1, otherwise only changes the width with dilated convs."""
+
+    features: int
+    down: bool = False
+    dilation: int = 1
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        d = self.dilation
+        h = nn.elu(InstanceNormPlus()(x))
+        if self.down:
+            h = nn.elu(InstanceNormPlus()(ncsn_conv(h, x.shape[-1], dilation=d)))
+            if d > 1:
+                return ncsn_conv(h, self.features, dilation=d) + ncsn_conv(
+                    x, self.features, dilation=d)
+            return ConvMeanPool(self.features)(h) + ConvMeanPool(self.features, kernel=1)(x)
+        if x.shape[-1] == self.features:
+            shortcut = x
+        else:
+            shortcut = ncsn_conv(x, self.features, kernel=3 if d > 1 else 1, dilation=d)
+        h = nn.elu(InstanceNormPlus()(ncsn_conv(h, self.features, dilation=d)))
+        return ncsn_conv(h, self.features, dilation=d) + shortcut
+
+
+def _rcu(x: Array, features: int, num_blocks: int, num_stages: int = 2) -> Array:
+    """Residual conv units: num_blocks x (num_stages x (ELU, bias-free 3x3 conv)) + skip."""
+    for _ in range(num_blocks):
+        residual = x
+        for _ in range(num_stages):
+            x = ncsn_conv(nn.elu(x), features, use_bias=False)
+        x = x + residual
+    return x
+
+
+def _crp(x: Array, features: int, num_stages: int = 2) -> Array:
+    """Chained residual pooling: x += conv(maxpool5x5(path)), chained num_stages times."""
+    x = nn.elu(x)
+    path = x
+    for _ in range(num_stages):
+        path = nn.max_pool(path, (5, 5), strides=(1, 1), padding="SAME")
+        path = ncsn_conv(path, features, use_bias=False)
+        x = path + x
+    return x
+
+
+class RefineBlock(nn.Module):
+    """RefineNet block: RCU on each input, multi-resolution fusion (sum of bilinearly
+    resized 3x3 convs) to `output_hw`, chained residual pooling, output RCU."""
+
+    output_hw: tuple[int, int]
+    features: int
+    start: bool = False
+    end: bool = False
+
+    @nn.compact
+    def __call__(self, xs: list[Array]) -> Array:
+        hs = [_rcu(x, x.shape[-1], num_blocks=2) for x in xs]
+        if self.start:
+            h = hs[0]
+        else:
+            h = 0.0
+            for x in hs:
+                y = ncsn_conv(x, self.features)
+                h = h + jax.image.resize(y, (y.shape[0], *self.output_hw, self.features),
+                                         "bilinear")
+        h = _crp(h, self.features)
+        return _rcu(h, self.features, num_blocks=3 if self.end else 1)
+
+
+class NCSNv2(nn.Module):
+    """NCSNv2 RefineNet. Defaults are score_sde's `ncsnv2_64` (CIFAR-10 and CelebA 64).
+
+    Attributes:
+      nf: base width.
+      ch_mult: backbone width per level (x nf), shallowest first.
+      dilations: conv dilation per level; levels > 0 with dilation 1 halve the resolution.
+      refine_mult: RefineBlock width per level (x nf); the deepest must equal ch_mult[-1].
+    """
+
+    nf: int = 128
+    ch_mult: tuple[int, ...] = (1, 2, 2, 2)
+    dilations: tuple[int, ...] = (1, 1, 2, 4)
+    refine_mult: tuple[int, ...] = (1, 2, 2, 2)
+
+    def __post_init__(self):
+        n = len(self.ch_mult)
+        if n < 2 or len(self.dilations) != n or len(self.refine_mult) != n:
+            raise ValueError("NCSNv2: ch_mult, dilations and refine_mult need the same "
+                             f"length >= 2; got {self.ch_mult}, {self.dilations}, "
+                             f"{self.refine_mult}")
+        if self.refine_mult[-1] != self.ch_mult[-1] or self.dilations[0] != 1:
+            raise ValueError("NCSNv2: refine_mult[-1] must equal ch_mult[-1] and "
+                             "dilations[0] must be 1")
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, x: Array, t: Array, y: Array | None = None, train: bool = False) -> Array:
+        """x: [B, H, W, C]; t: [B], ignored (see module docstring) -> [B, H, W, C]."""
+        del train  # no dropout
+        num_down = sum(1 for d in self.dilations[1:] if d == 1)
+        layers.check_divisible(x.shape, 2**num_down, "NCSNv2")
+        if y is not None:
+            raise ValueError("NCSNv2 is not class-conditional; use ncsnpp or ddpm with "
+                             "num_classes > 0")
+        h = ncsn_conv(x, self.nf)
+        h = ResidualBlock(self.nf)(h)
+        feats = [ResidualBlock(self.nf)(h)]
+        for mult, d in zip(self.ch_mult[1:], self.dilations[1:]):
+            h = ResidualBlock(mult * self.nf, down=True, dilation=d)(feats[-1])
+            feats.append(ResidualBlock(mult * self.nf, dilation=d)(h))
+
+        n = len(feats)
+        h = RefineBlock(feats[-1].shape[1:3], self.refine_mult[-1] * self.nf,
+                        start=True)([feats[-1]])
+        for level in reversed(range(n - 1)):
+            h = RefineBlock(feats[level].shape[1:3], self.refine_mult[level] * self.nf,
+                            end=level == 0)([feats[level], h])
+        h = nn.elu(InstanceNormPlus()(h))
+        return ncsn_conv(h, x.shape[-1])
+
+
+SIZES: dict[str, dict] = {
+    # score_sde configs/ve/ncsnv2/{cifar10,celeba}.py (ncsnv2_64, nf=128).
+    "cifar10": dict(),
+    # configs/ve/ncsnv2/bedroom.py (ncsnv2_128, 96..128 px).
+    "bedroom128": dict(ch_mult=(1, 2, 2, 4, 4), dilations=(1, 1, 1, 2, 4),
+                       refine_mult=(1, 1, 2, 2, 4)),
+    # ncsnv2_256 (129..256 px).
+    "ncsnv2_256": dict(ch_mult=(1, 2, 2, 2, 4, 4), dilations=(1, 1, 1, 1, 2, 4),
+                       refine_mult=(1, 1, 2, 2, 2, 4)),
+    "digits": dict(nf=32),
+    "tiny": dict(nf=8),
+}
