@@ -106,7 +106,7 @@ class SDE(abc.ABC):
         chain of their paper (DDPM for VP, SMLD for VE).
         """
         f, g = self.drift_diffusion(x, t)
-        return f * dt, g * math.sqrt(dt)
+        return f * dt, g * jnp.sqrt(dt)
 
     def discrete_times(self, num_levels: int) -> Array:
         """The N noise levels of the discrete-time losses: linspace(t_min, T, N)."""
