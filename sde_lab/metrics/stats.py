@@ -1,0 +1,127 @@
+"""Reference feature statistics: compute, save and load (mu, sigma and the features for KID).
+
+File format (`.npz`): `mu` [d], `sigma` [d, d] (float64) and `pool_3` [N, d] (float32
+features; the key score_sde's `cifar10_stats.npz` uses). `load_stats` accepts any file with
+`pool_3` (mu/sigma are then computed) or with `mu` and `sigma` (pytorch-fid's stats files;
+no KID then).
+
+Command (features of a dataset split, written to --out):
+
+    python -m sde_lab.metrics.stats --extractor digits --dataset digits --split train --out digits_train_stats.npz
+    python -m sde_lab.metrics.stats --extractor inception --weights inception_fid.npz \\
+        --dataset tfds:cifar10 --split train --out cifar10_train_stats.npz
+    python -m sde_lab.metrics.stats --extractor inception --weights inception_fid.npz \\
+        --images samples.npz --out samples_stats.npz   # [N, H, W, C] uint8 or [0, 1] floats
+
+`tfds:<name>` reads a prepared TFDS dataset through `tfds.data_source` (no TensorFlow) and
+never downloads: an unprepared dataset fails at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+
+import numpy as np
+
+from sde_lab.metrics import extractors, scores
+
+
+@dataclasses.dataclass(frozen=True)
+class Stats:
+    """Gaussian statistics of features, plus the features themselves when kept (for KID)."""
+
+    mu: np.ndarray            # [d] float64
+    sigma: np.ndarray         # [d, d] float64
+    features: np.ndarray | None = None  # [N, d] float32
+
+
+def compute_stats(features) -> Stats:
+    """[N, d] features -> Stats with float64 mean and unbiased covariance (and the features)."""
+    features = np.asarray(features, np.float32)
+    mu, sigma = scores.gaussian_statistics(features)
+    return Stats(mu, sigma, features)
+
+
+def save_stats(path: str, stats: Stats) -> None:
+    """Writes `mu`, `sigma` and, if kept, `pool_3` to an `.npz`."""
+    arrays = {"mu": stats.mu, "sigma": stats.sigma}
+    if stats.features is not None:
+        arrays["pool_3"] = stats.features
+    np.savez(path, **arrays)
+
+
+def load_stats(path: str) -> Stats:
+    """Reads a stats `.npz`: this module's, score_sde's (`pool_3`) or pytorch-fid's (`mu`, `sigma`)."""
+    with np.load(path) as data:
+        keys = set(data.files)
+        features = np.asarray(data["pool_3"], np.float32) if "pool_3" in keys else None
+        if {"mu", "sigma"} <= keys:
+            stats = Stats(np.asarray(data["mu"], np.float64), np.asarray(data["sigma"], np.float64), features)
+        elif features is not None:
+            stats = compute_stats(features)
+        else:
+            raise ValueError(f"'{path}' has neither 'pool_3' nor 'mu' and 'sigma'; keys: {sorted(keys)}")
+    d = stats.mu.shape[0]
+    if stats.sigma.shape != (d, d) or (stats.features is not None and stats.features.shape[1] != d):
+        raise ValueError(f"'{path}': inconsistent shapes mu {stats.mu.shape}, sigma {stats.sigma.shape}")
+    return stats
+
+
+def fid(stats1: Stats, stats2: Stats) -> float:
+    """Frechet distance between two Stats."""
+    return scores.frechet_distance(stats1.mu, stats1.sigma, stats2.mu, stats2.sigma)
+
+
+def _dataset_images(dataset: str, split: str, num_examples: int | None) -> np.ndarray:
+    if dataset == "digits":
+        from sde_lab.metrics.digits_classifier import digits_split
+        x_tr, _, x_te, _ = digits_split()
+        splits = {"train": x_tr, "test": x_te, "all": np.concatenate([x_tr, x_te])}
+        if split not in splits:
+            raise ValueError(f"unknown digits split '{split}'; available: {sorted(splits)}")
+        images = splits[split]
+    elif dataset.startswith("tfds:"):
+        import tensorflow_datasets as tfds
+        source = tfds.data_source(dataset[5:], split=split, download=False)
+        n = len(source) if num_examples is None else min(num_examples, len(source))
+        images = np.stack([np.asarray(source[i]["image"]) for i in range(n)])
+    else:
+        raise ValueError(f"unknown dataset '{dataset}'; available: ['digits', 'tfds:<name>']")
+    return images[:num_examples]
+
+
+def _file_images(path: str) -> np.ndarray:
+    if path.endswith(".npy"):
+        return np.load(path)
+    with np.load(path) as data:
+        key = "images" if "images" in data.files else data.files[0]
+        return data[key]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Compute and save feature statistics.")
+    parser.add_argument("--extractor", default="inception", choices=extractors.available())
+    parser.add_argument("--weights", default=None, help="weights file of the extractor")
+    parser.add_argument("--dataset", default=None, help="'digits' or 'tfds:<name>'")
+    parser.add_argument("--split", default="train")
+    parser.add_argument("--images", default=None, help=".npy/.npz of [N, H, W, C] images instead of --dataset")
+    parser.add_argument("--num_examples", type=int, default=None)
+    parser.add_argument("--batch_size", type=int, default=50)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+    if (args.dataset is None) == (args.images is None):
+        parser.error("give exactly one of --dataset and --images")
+    images = (_file_images(args.images)[:args.num_examples] if args.images
+              else _dataset_images(args.dataset, args.split, args.num_examples))
+    extractor = extractors.make_extractor(args.extractor, weights_path=args.weights)
+    start = time.time()
+    stats = compute_stats(extractor.features(images, args.batch_size))
+    save_stats(args.out, stats)
+    print(f"wrote {args.out}: {stats.features.shape[0]} x {stats.features.shape[1]} features "
+          f"({args.extractor}) in {time.time() - start:.1f} s")
+
+
+if __name__ == "__main__":
+    main()
