@@ -186,7 +186,8 @@ def test_parameters_in_a_partial_are_traced_not_baked_in():
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    ({"estimator": "skilling"}, r"unknown estimator 'skilling'; available: \['hutchinson', 'exact'\]"),
+    ({"estimator": "skilling"},
+     r"unknown estimator 'skilling'; available: \['hutchinson', 'exact'\]"),
     ({"solver": "rk45"}, r"unknown solver 'rk45'; available: \['dopri5', 'tsit5'\]"),
     ({"noise": "uniform"}, r"unknown noise 'uniform'; available: \['rademacher', 'gaussian'\]"),
     ({"error_norm": "l1"}, r"unknown error_norm 'l1'; available: \['max', 'rms'\]"),
