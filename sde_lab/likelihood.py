@@ -266,8 +266,8 @@ def bits_per_dim(logp: Array, data_shape: tuple[int, ...], num_levels: int = 256
     gets bpd = 1 - 1 + log2 L = log2 L (8 bits for 8-bit images), as it must. score_sde's
     offset `log2(d inverse_scaler / dx) + 8` is -log2 a + log2 256.
 
-    For a model whose bound is already on discrete data (VDM's VLB with its discretized
-    decoder), use -nll / (D ln 2) with no offset instead: it has no dequantization term.
+    For a model whose bound is already on the discrete data (VDM's VLB with its discretized
+    decoder), use `discrete_bits_per_dim` instead: it has no dequantization or scaler term.
 
     Args:
       logp: [B] nats, log-density of the model input (e.g. from `log_likelihood`).
@@ -287,6 +287,28 @@ def bits_per_dim(logp: Array, data_shape: tuple[int, ...], num_levels: int = 256
     scale, _ = _affine_scale(scaler, num_levels)
     offset = math.log2(num_levels) - math.log2(abs(scale))
     return -jnp.asarray(logp) / (dim * math.log(2.0)) + offset
+
+
+def discrete_bits_per_dim(log_prob: Array, data_shape: tuple[int, ...]) -> Array:
+    """-log2 P(k) / D for a log-probability (or a lower bound on it) of the integer data k.
+
+    The unit of `bits_per_dim`, for models whose likelihood or bound is already discrete,
+    e.g. VDM's variational bound with its discretized decoder p(k | z_0) (Kingma et al.
+    2021): bpd = -vlb_nats / (D ln 2). Both functions give log2 L for the uniform model
+    (P(k) = L^-D here; the uniform density on the data cube there), so their numbers can sit
+    in one column.
+
+    Args:
+      log_prob: [B] nats, log P(k) or a bound on it.
+      data_shape: shape of one example (D = its product).
+
+    Returns:
+      [B] bits per dimension.
+    """
+    dim = math.prod(data_shape)
+    if dim < 1:
+        raise ValueError(f"data_shape must describe at least one dimension, got {data_shape}")
+    return -jnp.asarray(log_prob) / (dim * math.log(2.0))
 
 
 @eqx.filter_jit

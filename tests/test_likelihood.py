@@ -254,6 +254,20 @@ def test_bits_per_dim_offsets_match_score_sde():
                                + math.log2(17) - 1, rtol=1e-6)
 
 
+@pytest.mark.parametrize("num_levels", [256, 17])
+def test_discrete_and_dequantized_bits_agree_on_the_uniform_model(num_levels):
+    """P(k) = L^-D (discrete) and the uniform density on [-1, 1]^D (dequantized, scaled) are
+    the same model: both conventions must give log2 L, so VLB and PF-ODE columns compare."""
+    shape = (4, 4, 3)
+    dim = math.prod(shape)
+    discrete = likelihood.discrete_bits_per_dim(jnp.full((3,), -dim * math.log(num_levels)),
+                                                shape)
+    continuous = likelihood.bits_per_dim(jnp.full((3,), -dim * math.log(2.0)), shape,
+                                         num_levels, _Scaler(num_levels))
+    np.testing.assert_allclose(discrete, math.log2(num_levels), rtol=1e-6)
+    np.testing.assert_allclose(continuous, discrete, rtol=1e-6)
+
+
 @pytest.mark.parametrize("kwargs, match", [
     ({"num_levels": 1}, "num_levels"),
     ({"num_levels": 2.5}, "num_levels"),
