@@ -1,8 +1,8 @@
 """PF-ODE likelihood: in-graph diffrax solve vs score_sde's host-loop SciPy RK45.
 
 For a zero-mean 16-D Gaussian mixture with its exact score under an SDE (default VP), prints
-per tolerance and divergence estimator: NFE, wall time (best of --repeats warm calls: the
-machine is shared, and the minimum is the least noisy estimate of the cost), and
+per tolerance and divergence estimator: NFE, wall time (best of 3 rounds of --repeats warm
+calls: the machine is shared, and the minimum is the least noisy estimate of the cost), and
 the error of log p against the analytic value log p_{t_min}(x) - [log p_T(z) - prior_logp(z)]
 (float64), for
 
@@ -93,15 +93,21 @@ def analytic_target(gm, sde, x, z):
         return np.asarray(gm.logp(sde, x64, T_MIN) - gap)
 
 
-def timed(fns: dict, repeats: int) -> dict:
-    """Best-of-`repeats` wall time per callable, interleaved so load bursts hit all alike."""
+def timed(fns: dict, repeats: int, rounds: int = 3) -> dict:
+    """Best wall time per callable over `rounds` rounds of `repeats` back-to-back calls each.
+
+    Calls of one method run back to back (so XLA's worker threads, still spinning after one
+    method's call, do not slow the next method's), and the rounds alternate the methods so a
+    burst of load on this shared machine cannot hit only one of them.
+    """
     outs = {label: fn() for label, fn in fns.items()}     # warm-up: compilation, caches
     best = dict.fromkeys(fns, math.inf)
-    for _ in range(repeats):
+    for _ in range(rounds):
         for label, fn in fns.items():
-            start = time.perf_counter()
-            outs[label] = fn()
-            best[label] = min(best[label], time.perf_counter() - start)
+            for _ in range(repeats):
+                start = time.perf_counter()
+                outs[label] = fn()
+                best[label] = min(best[label], time.perf_counter() - start)
     return {label: (*outs[label], best[label]) for label in fns}
 
 
@@ -119,7 +125,7 @@ def main():
     parser.add_argument("--sde", default="vp", choices=["vp", "subvp", "ve"])
     parser.add_argument("--dim", type=int, default=16)
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--repeats", type=int, default=5, help="calls per method per round")
     args = parser.parse_args()
 
     sde, gm = sdes.make(args.sde), mixture(args.dim)
@@ -145,7 +151,7 @@ def main():
                             f"{ratio:.1f}x | {err.mean():.1e} | {err.max():.1e} |")
 
     print(f"\nGaussian mixture, dim={args.dim}, sde={args.sde}, batch={args.batch}, "
-          f"t_min={T_MIN}, device={jax.devices()[0].device_kind}, best of {args.repeats}\n")
+          f"t_min={T_MIN}, device={jax.devices()[0].device_kind}, best of 3 x {args.repeats}\n")
     print("| estimator | rtol=atol | method | NFE | wall ms | speed-up vs score_sde | "
           "mean abs err (nats/dim) | max abs err (nats/dim) |")
     print("|---|---|---|---|---|---|---|---|")
