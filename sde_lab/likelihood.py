@@ -63,7 +63,7 @@ PROBES = ("rademacher", "gaussian")
 # Error norm of the step-size controller over every coordinate of every example and every
 # log-density: "max" bounds each one (each example's accuracy is independent of its batch);
 # "rms" is scipy's and score_sde's choice, under which one example's log-density error can
-# exceed the tolerance by sqrt(D + 1) and depends on its batch-mates.
+# exceed the tolerance by up to sqrt(B (D + 1)) and depends on its batch-mates.
 NORMS = {"max": optx.max_norm, "rms": optx.rms_norm}
 
 
