@@ -19,12 +19,14 @@ returns prior_logp(x_T) + delta(T). Two approximations separate it from log p_0(
 * **prior gap**: the true p_T is replaced by the prior, so the result is
   log p_{t_min}(x) - [log p_T(x_T) - prior_logp(x_T)]. Averaged over data, the gap is
   KL(p_T || prior) >= 0, so the estimate is biased low (bits/dim biased high). It is
-  negligible only when p_T is close to the prior: for VP with beta_max = 20 the data mean
-  m survives as exp(-B(T)/2) m = 0.0066 m (gap about 2e-5 |m|^2 nats); for VE with sigma_max
-  the gap is about |x_T|^2 tr(Cov)/(2 sigma_max^4) - tr(Cov)/(2 sigma_max^2) + |m|^2/
-  (2 sigma_max^2) per example, i.e. 1e-4 nats per dimension for unit-variance data and
-  sigma_max = 50, and much more for off-centre or wide data. Check it with
-  `analytic.GaussianMixture.logp(sde, stats["z"], sde.T) - sde.prior_logp(stats["z"])`.
+  negligible only when p_T is close to the prior. VP with beta_max = 20 keeps
+  a(T) = exp(-B(T)/2) = 0.0066 of the data, so data of mean m leave about
+  a(T)^2 |m|^2 / 2 = 2e-5 |m|^2 nats. VE's prior N(0, sigma_max^2 I) ignores the data's
+  mean m and covariance C: the gap is about |m|^2 / (2 sigma_max^2) plus a term of order
+  tr(C) / (2 sigma_max^2) whose sign varies with x_T, i.e. ~1e-4 nats per dimension for
+  zero-mean unit-order data and sigma_max = 50, and large for off-centre data or a
+  sigma_max too small for the data. Where p_T is known (tests, toy data), measure it as
+  `GaussianMixture.logp(sde, stats["z"], sde.T) - sde.prior_logp(stats["z"])`.
 
 Divergence estimators (all evaluate the drift once per solver stage and share its
 linearization, from one `jax.linearize`, with every Jacobian-vector product):
@@ -46,10 +48,10 @@ from typing import Any, Callable, Iterable
 
 import diffrax
 import equinox as eqx
-import optimistix as optx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optimistix as optx
 
 from sde_lab import sdes
 
@@ -61,7 +63,7 @@ PROBES = ("rademacher", "gaussian")
 # Error norm of the step-size controller over every coordinate of every example and every
 # log-density: "max" bounds each one (each example's accuracy is independent of its batch);
 # "rms" is scipy's and score_sde's choice, under which one example's log-density error can
-# exceed the tolerance by sqrt(D + 1) and depends on its batch-mates.
+# exceed the tolerance by up to sqrt(B (D + 1)) and depends on its batch-mates.
 NORMS = {"max": optx.max_norm, "rms": optx.rms_norm}
 
 
@@ -107,7 +109,7 @@ def _evals_per_step(solver: diffrax.AbstractRungeKutta) -> int:
     """Vector-field evaluations per step, accepted or rejected, of an explicit FSAL RK method.
 
     An s-stage FSAL method (Tsit5, Dopri5: s = 7) evaluates s - 1 new stages per step; the
-    whole solve adds f(t0, y0) once. The first step size is given (`_first_step`), so no
+    whole solve adds f(t0, y0) once. The first step size is given (`_FIRST_STEP`), so no
     evaluations go to choosing it. tests/test_likelihood.py counts the calls to check this.
     """
     return len(solver.tableau.c)
@@ -149,12 +151,14 @@ def _solve(key, sde, score_fn, x, estimator, num_probes, rtol, atol, t_min, solv
 
     rk = _SOLVERS[solver]()
     sol = diffrax.diffeqsolve(
-        diffrax.ODETerm(vector_field), rk, t0=t_min, t1=sde.T, dt0=_FIRST_STEP * (sde.T - t_min),
+        diffrax.ODETerm(vector_field), rk, t0=t_min, t1=sde.T,
+        dt0=_FIRST_STEP * (sde.T - t_min),
         y0=(x, jnp.zeros(x.shape[:1], x.dtype)),
         stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol, norm=NORMS[error_norm]),
         saveat=diffrax.SaveAt(t1=True), max_steps=max_steps)
     z, delta = sol.ys[0][-1], sol.ys[1][-1]
-    stats = {"nfe": _evals_per_step(rk) * sol.stats["num_steps"] + 1, "num_steps": sol.stats["num_steps"],
+    num_steps = sol.stats["num_steps"]
+    stats = {"nfe": _evals_per_step(rk) * num_steps + 1, "num_steps": num_steps,
              "num_rejected_steps": sol.stats["num_rejected_steps"], "z": z,
              "prior_logp": sde.prior_logp(z), "delta_logp": delta}
     return stats["prior_logp"] + delta, stats
@@ -169,12 +173,14 @@ def log_likelihood(key: Array, sde: sdes.SDE, score_fn: ScoreFn, x: Array,
 
     Computes prior_logp(x_T) + int_{t_min}^T div f~(x_t, t) dt with the augmented ODE
     integrated forward from x_{t_min} = x by an adaptive explicit Runge-Kutta method inside
-    the compiled graph (one diffrax while-loop, no host round trip per step). The step size is
-    shared by the batch (RMS error norm over all of x and the log-density, as scipy/score_sde).
-    The result estimates log p_{t_min}(x) minus the prior gap log p_T(x_T) - prior_logp(x_T)
-    (see the module docstring); with `estimator="hutchinson"` it is unbiased given x_T.
+    the compiled graph (one diffrax while-loop, no host round trip per step). The batch
+    shares one step size; with the default max error norm, rtol/atol bound the local error of
+    every coordinate and of every example's log-density. The result estimates log p_{t_min}(x)
+    minus the prior gap log p_T(x_T) - prior_logp(x_T) (see the module docstring). The
+    trajectory does not depend on the probes, so "hutchinson" is unbiased for the "exact"
+    value up to solver error. Deterministic given `key`. NFE = 6 per step (+1).
 
-    Traceable under `jax.jit` and `jax.vmap`; compiled internally with `eqx.filter_jit`, so
+    Traceable under `jax.jit`; compiled internally with `eqx.filter_jit`, so
     arrays inside `sde` or `score_fn` (e.g. a `jax.tree_util.Partial(score, params)`) are
     traced arguments, while a plain closure is static: reuse the same callable to avoid
     recompiling.
@@ -199,7 +205,8 @@ def log_likelihood(key: Array, sde: sdes.SDE, score_fn: ScoreFn, x: Array,
       logp: [B] nats.
       stats: dict with "nfe" (drift evaluations, one linearization each, from the solver's
         step count), "num_steps", "num_rejected_steps", "z" (x_T, [B, ...]), "prior_logp"
-        and "delta_logp" ([B], logp = prior_logp + delta_logp) and "estimator" (str).
+        and "delta_logp" ([B], logp = prior_logp + delta_logp) and "estimator" (a str: leave
+        it out of what your own jitted function returns).
 
     Raises:
       ValueError: unknown estimator/solver/noise or invalid numbers, before compiling.
@@ -232,10 +239,14 @@ def _affine_scale(scaler, num_levels: int) -> tuple[float, float]:
     else:
         raise ValueError(f"scaler must be None, an object with to_model(k, u) or a callable "
                          f"on [0, 1]; got {scaler!r}")
-    lo, mid, hi = fn(np.array([0.0, 0.5, 1.0])).ravel()
-    if not (np.isfinite(hi - lo) and hi != lo and abs(mid - 0.5 * (lo + hi)) <= 1e-5 * abs(hi - lo)):
-        raise ValueError(f"scaler must be an invertible affine map of [0, 1]; it sends 0, 0.5, 1 "
-                         f"to {lo}, {mid}, {hi}")
+    y = np.linspace(0.0, 1.0, 9)
+    out = fn(y).ravel()
+    lo, hi = out[0], out[-1]
+    line = lo + (hi - lo) * y
+    if not (np.isfinite(hi - lo) and hi != lo
+            and np.max(np.abs(out - line)) <= 1e-5 * abs(hi - lo)):
+        raise ValueError(f"scaler must be an invertible affine map of [0, 1]; it sends "
+                         f"{y.tolist()} to {out.tolist()}")
     return float(hi - lo), float(lo)
 
 
@@ -255,8 +266,8 @@ def bits_per_dim(logp: Array, data_shape: tuple[int, ...], num_levels: int = 256
     gets bpd = 1 - 1 + log2 L = log2 L (8 bits for 8-bit images), as it must. score_sde's
     offset `log2(d inverse_scaler / dx) + 8` is -log2 a + log2 256.
 
-    For a model whose bound is already on discrete data (VDM's VLB with its discretized
-    decoder), use -nll / (D ln 2) with no offset instead: it has no dequantization term.
+    For a model whose bound is already on the discrete data (VDM's VLB with its discretized
+    decoder), use `discrete_bits_per_dim` instead: it has no dequantization or scaler term.
 
     Args:
       logp: [B] nats, log-density of the model input (e.g. from `log_likelihood`).
@@ -276,6 +287,28 @@ def bits_per_dim(logp: Array, data_shape: tuple[int, ...], num_levels: int = 256
     scale, _ = _affine_scale(scaler, num_levels)
     offset = math.log2(num_levels) - math.log2(abs(scale))
     return -jnp.asarray(logp) / (dim * math.log(2.0)) + offset
+
+
+def discrete_bits_per_dim(log_prob: Array, data_shape: tuple[int, ...]) -> Array:
+    """-log2 P(k) / D for a log-probability (or a lower bound on it) of the integer data k.
+
+    The unit of `bits_per_dim`, for models whose likelihood or bound is already discrete,
+    e.g. VDM's variational bound with its discretized decoder p(k | z_0) (Kingma et al.
+    2021): bpd = -vlb_nats / (D ln 2). Both functions give log2 L for the uniform model
+    (P(k) = L^-D here; the uniform density on the data cube there), so their numbers can sit
+    in one column.
+
+    Args:
+      log_prob: [B] nats, log P(k) or a bound on it.
+      data_shape: shape of one example (D = its product).
+
+    Returns:
+      [B] bits per dimension.
+    """
+    dim = math.prod(data_shape)
+    if dim < 1:
+        raise ValueError(f"data_shape must describe at least one dimension, got {data_shape}")
+    return -jnp.asarray(log_prob) / (dim * math.log(2.0))
 
 
 @eqx.filter_jit
@@ -358,7 +391,8 @@ def _check_levels(batch, num_levels: int) -> np.ndarray:
     levels = np.asarray(batch)
     if levels.ndim < 2:
         raise ValueError(f"each batch must be [B, ...] integer levels, got shape {levels.shape}")
-    if not np.array_equal(levels, np.round(levels)) or levels.min() < 0 or levels.max() >= num_levels:
+    if (not np.array_equal(levels, np.round(levels)) or levels.min() < 0
+            or levels.max() >= num_levels):
         raise ValueError(f"batches must hold integers in [0, {num_levels - 1}] (undequantized "
                          f"levels); got values in [{levels.min()}, {levels.max()}]")
     return levels.astype(np.int32)
