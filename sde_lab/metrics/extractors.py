@@ -89,7 +89,7 @@ def _scale_input(images: Array) -> Array:
 
 
 def make_inception(weights_path: str | None = None, variables: Any = None,
-                   resize_method: str = "pytorch") -> FeatureExtractor:
+                   resize_method: str = "pytorch", unbiased_logits: bool = False) -> FeatureExtractor:
     """The FID InceptionV3: pool3 [B, 2048] features and [B, 1008] logits.
 
     Args:
@@ -97,6 +97,9 @@ def make_inception(weights_path: str | None = None, variables: Any = None,
         A missing file raises FileNotFoundError saying where to download and how to convert.
       variables: Flax variables to use instead of a file (tests, timing with random weights).
       resize_method: "pytorch" (pytorch-fid, default) or "tf1" (the 2015 TF graph's resize).
+      unbiased_logits: False gives the graph's logits `pool3 W + b` (TF-GAN, which score_sde's
+        reported IS uses); True gives `pool3 W` without the bias, as the original Inception
+        Score code (Salimans et al. 2016) and torch-fidelity compute it.
     """
     if resize_method not in inception.RESIZE_METHODS:
         raise ValueError(f"unknown resize_method '{resize_method}'; available: {list(inception.RESIZE_METHODS)}")
@@ -105,7 +108,10 @@ def make_inception(weights_path: str | None = None, variables: Any = None,
     net = inception.InceptionV3()
 
     def apply_fn(v, images):
-        return net.apply(v, inception.preprocess(images, resize_method))
+        pool3, logits = net.apply(v, inception.preprocess(images, resize_method))
+        if unbiased_logits:
+            logits = logits - v["params"]["fc"]["bias"][None, :]
+        return pool3, logits
 
     return FeatureExtractor("inception", apply_fn, variables, inception.FEATURE_DIM,
                             inception.NUM_CLASSES, inception.check_input_shape)

@@ -170,7 +170,7 @@ class InceptionV3(nn.Module):
     """The FID InceptionV3 body on preprocessed inputs.
 
     Call: `apply(variables, x)` with x: [B, 299, 299, 3] in [-1, 1] returns
-    `(pool3 [B, 2048], logits [B, 1008])`. ~5.7 GFLOP per image.
+    `(pool3 [B, 2048], logits [B, 1008])`. About 5.7 GMAC (11.5 GFLOP) per image.
     """
 
     num_classes: int = NUM_CLASSES
