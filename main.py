@@ -9,7 +9,7 @@ import importlib.util
 import os
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "digits.py")
@@ -23,6 +23,7 @@ _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the resolved config and pa
 
 def main(argv):
     del argv
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save/restore at INFO
     from sde_lab import run
 
     if _WORKDIR.value is None and not _DRY_RUN.value:
@@ -37,7 +38,7 @@ def main(argv):
 def _parse_flags_or_exit(argv):
     """Parses flags once up front so a mistyped config field is one line, not a traceback."""
     try:
-        flags.FLAGS(argv)
+        return flags.FLAGS(argv)
     except (AttributeError, KeyError, ValueError, flags.Error) as e:
         message = " ".join(str(e).strip("'\"").replace("\\n", " ").split())
         from sde_lab import run
@@ -65,5 +66,4 @@ def _load_base_config(argv):
 
 
 if __name__ == "__main__":
-    _parse_flags_or_exit(sys.argv)
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags_or_exit)

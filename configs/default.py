@@ -101,6 +101,7 @@ def get_default() -> ml_collections.ConfigDict:
     ev.bpd_rtol = 1e-5
     ev.bpd_atol = 1e-5
     ev.bpd_estimator = "hutchinson"       # hutchinson | exact
+    ev.bpd_t_min = 1e-5                   # PF-ODE starts here (score_sde: 1e-5 for all SDEs)
     ev.checkpoints = ""                   # comma-separated steps; "" = each one as it appears
     ev.wait_seconds = 0                   # > 0: keep polling for new checkpoints this long
 

@@ -77,37 +77,42 @@ def _sample_batches(exp, params, step: int, out_dir: str) -> tuple[np.ndarray, i
 
 
 def _sample_metrics(exp, workdir: str, x: np.ndarray) -> dict:
-    """FID / KID / IS of model-space samples `x` against the eval split."""
+    """FID / KID / IS of model-space samples `x` against the eval split (or given stats)."""
     from sde_lab import metrics, run as run_lib
     from sde_lab.data import Scaler
 
     cfg = exp.config.eval
     if cfg.feature_extractor == "none" or len(exp.shape) == 1:
         return {}
-    extractor = metrics.make_extractor(cfg.feature_extractor,
-                                       weights=cfg.inception_weights or None)
+    kwargs = {"weights_path": cfg.inception_weights or None} if (
+        cfg.feature_extractor == "inception") else {}
+    extractor = metrics.make_extractor(cfg.feature_extractor, **kwargs)
     scaler = Scaler(exp.config.data.num_levels, exp.config.data.centered)
     ref_path = cfg.reference_stats or os.path.join(
         workdir, "eval", f"reference_{cfg.feature_extractor}.npz")
     if os.path.exists(ref_path):
         ref = metrics.load_stats(ref_path)
-    else:
+    else:  # real eval-split images through the same uint8 path as the samples
         dataset = run_lib.make_dataset(exp.config, exp.config.data.eval_split, train=False)
         levels, _ = dataset.levels(0, len(dataset))
-        ref = metrics.compute_stats(extractor, scaler.to_uint8(scaler.to_model(levels)),
-                                    batch_size=cfg.batch_size)
+        feats, _ = extractor.features_and_logits(scaler.to_uint8(scaler.to_model(levels)),
+                                                 cfg.batch_size)
+        ref = metrics.compute_stats(feats)
         if parallel.is_main_process():
             metrics.save_stats(ref_path, ref)
-    gen = metrics.compute_stats(extractor, scaler.to_uint8(x), batch_size=cfg.batch_size)
-    out = {"fid": metrics.frechet_distance(gen["mu"], gen["sigma"], ref["mu"], ref["sigma"])}
-    if "features" in ref:
-        out["kid"] = metrics.kid(gen["features"], ref["features"])
-    if "logits" in gen:
-        out["inception_score"] = metrics.inception_score(gen["logits"])
+    feats, logits = extractor.features_and_logits(scaler.to_uint8(x), cfg.batch_size)
+    gen = metrics.compute_stats(feats)
+    out = {"fid": metrics.frechet_distance(gen.mu, gen.sigma, ref.mu, ref.sigma)}
+    if ref.features is not None:
+        subset = min(1000, len(feats), len(ref.features))
+        out["kid"] = metrics.kid(feats, ref.features, subset_size=subset)
+    if logits is not None:
+        out["inception_score"] = metrics.inception_score(logits)[0]
     return {k: float(v) for k, v in out.items()}
 
 
 def _bits_per_dim(exp, params, step: int) -> dict:
+    """Test-split bits/dim through the PF-ODE likelihood, `eval.bpd_num_passes` passes."""
     from sde_lab import likelihood, run as run_lib
     from sde_lab.data import Scaler
 
@@ -119,11 +124,12 @@ def _bits_per_dim(exp, params, step: int) -> dict:
     levels, _ = dataset.levels(0, n)
     batches = [levels[i:i + cfg.batch_size] for i in range(0, len(levels), cfg.batch_size)]
     key = jax.random.fold_in(jax.random.PRNGKey(exp.config.seed), 3 * 10**6 + step)
-    bpd, se = likelihood.dataset_bits_per_dim(
-        key, exp.sde, exp.score_fn(params), batches, Scaler(d.num_levels, d.centered),
+    result = likelihood.dataset_bits_per_dim(
+        key, exp.sde, exp.score_fn(params), batches, scaler=Scaler(d.num_levels, d.centered),
         num_passes=cfg.bpd_num_passes, estimator=cfg.bpd_estimator, rtol=cfg.bpd_rtol,
-        atol=cfg.bpd_atol)
-    return {"bpd": float(bpd), "bpd_se": float(se), "bpd_num_examples": int(len(levels))}
+        atol=cfg.bpd_atol, t_min=cfg.bpd_t_min)
+    return {"bpd": result["bpd"], "bpd_se": result["bpd_se"],
+            "bpd_num_examples": result["num_examples"], "bpd_nfe": result["nfe"]}
 
 
 def evaluate_checkpoint(exp, workdir: str, step: int) -> dict:

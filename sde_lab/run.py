@@ -81,14 +81,12 @@ def make_net(config):
     fields = {}
     if config.model.num_classes > 0:
         fields["num_classes"] = config.model.num_classes
-    if config.model.dropout >= 0 and _accepts(models, config.model.name, "dropout"):
+    if config.model.dropout >= 0:
         fields["dropout"] = config.model.dropout
-    return models.make(config.model.name, size=config.model.size, **fields)
-
-
-def _accepts(models, name: str, field: str) -> bool:
-    cls = models.model_class(name)
-    return field in {f.name for f in dataclasses.fields(cls)}
+    try:
+        return models.make(config.model.name, size=config.model.size, **fields)
+    except ValueError as e:
+        raise ConfigError(f"model.*: {e}") from None
 
 
 def data_shape(config) -> tuple[int, ...]:
@@ -106,6 +104,7 @@ class Experiment:
     net: Any
     param: parameterization.Parameterization
     shape: tuple[int, ...]
+    _eval_model: Callable | None = dataclasses.field(default=None, repr=False)
 
     def apply_fn(self, labels=None, train: bool = False, dropout_key=None):
         """net.apply(params, x_in, cond) with labels / dropout bound."""
@@ -125,7 +124,15 @@ class Experiment:
         return self.param.score_model(self.apply_fn(labels, train, dropout_key), self.sde)
 
     def score_fn(self, params, labels=None):
-        """A pure score_fn(x, t) for samplers and the likelihood (eval mode)."""
+        """A pure score_fn(x, t) for samplers and the likelihood (eval mode).
+
+        Unconditional: a `jax.tree_util.Partial` of one cached function, so jitted callers
+        that take the score as an argument do not recompile for new parameters.
+        """
+        if labels is None:
+            if self._eval_model is None:
+                self._eval_model = self.score_model()
+            return jax.tree_util.Partial(self._eval_model, params)
         model = self.score_model(labels)
         return lambda x, t: model(params, x, t)
 
@@ -166,7 +173,7 @@ def sampler_options(sample_cfg, **overrides) -> dict[str, Any]:
     cfg.update(overrides)
     name = cfg.pop("sampler")
     _choice("sample.sampler", name, samplers.available())
-    accepted = samplers.options(name)
+    accepted = inspect.signature(samplers._REGISTRY[name]).parameters  # noqa: SLF001
     opts = {k: v for k, v in cfg.items() if k in accepted}
     return {"name": name, **opts}
 

@@ -29,6 +29,10 @@ _MODELS: dict[str, tuple[type[nn.Module], dict[str, dict]]] = {
 }
 
 
+def available() -> list[str]:
+    return sorted(_MODELS)
+
+
 def _lookup(name: str) -> tuple[type[nn.Module], dict[str, dict]]:
     if name not in _MODELS:
         raise ValueError(f"unknown model '{name}'; available: {sorted(_MODELS)}")
