@@ -149,8 +149,8 @@ def vdm_vlb_terms(params, score_model: ScoreModel, sde, batch: Array, t: Array, 
                   eps_0: Array, *, num_levels: int = 256,
                   data_range: tuple[float, float] = (-1.0, 1.0),
                   t_min: float = 0.0) -> dict[str, Array]:
-    """Terms of the continuous-time VLB (Kingma et al. 2021, eqs. 11-17, T -> infinity), [B]
-    nats each, for data on the grid x_k = lo + k (hi - lo) / (num_levels - 1):
+    """Terms of the continuous-time (T -> infinity) VLB of Kingma et al. 2021, [B] nats
+    each, for data on the grid x_k = lo + k (hi - lo) / (num_levels - 1):
 
       diffusion:      (T - t_min) * 1/2 gamma'(t) ||eps - eps_hat(z_t, t)||^2, t ~ U[t_min, T]
                       (gamma = -log_snr; eps_hat = -std * score; one-sample estimate),
@@ -197,14 +197,15 @@ def vdm_vlb_loss(params, score_model: ScoreModel, sde, batch: Array, key: Array,
     batch mean of diffusion + prior + reconstruction nats (`vdm_vlb_terms`) / (D ln 2),
     D = prod(batch.shape[1:]), an unbiased estimate of an upper bound on -log2 P(x) / D.
 
-    With sde = sde_fn(params) (a learned schedule) the same loss trains the schedule: its
-    plain gradient. The diffusion term's expectation depends on the schedule only through
-    gamma(t_min) and gamma(T), so its inner shape gets a zero-mean gradient; VDM's
-    variance-minimising update of the shape (the paper's "variance minimization"
-    section) is not implemented (nor is
-    it in the official code). Randomness: `vdm_vlb_noise` (antithetic times couple the
-    batch). Options: num_levels (256 for 8-bit images, 17 for the 8x8 digits), data_range
-    (the values of the lowest and highest level), t_min (0 for VDM's schedules).
+    With sde = sde_fn(params) (a learned schedule) the same loss trains the schedule with
+    its plain gradient. For a network conditioned on gamma_t (`models.vdm.score_model`),
+    the diffusion term's expectation depends on the schedule only through gamma(t_min) and
+    gamma(T), so the endpoints get a useful gradient and the inner shape a zero-mean one;
+    VDM's variance-minimising update of the shape (the paper's "variance minimization"
+    section) is not implemented, nor is it in the official model_vdm.py. Randomness:
+    `vdm_vlb_noise` (antithetic times couple the batch). Options: num_levels (256 for 8-bit
+    images, 17 for the 8x8 digits), data_range (the values of the lowest and highest
+    level), antithetic, t_min (0 for VDM's schedules).
     """
     if num_levels < 2 or not data_range[0] < data_range[1]:
         raise ValueError(f"vdm_vlb: need num_levels >= 2 and data_range lo < hi, got "
