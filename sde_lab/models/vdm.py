@@ -10,8 +10,8 @@
   likelihood depends on; the output layer is zero-initialised and, as in the official
   code, the input is added to the output, so at initialisation eps_hat = z_t (right at
   high noise, where z_t is almost all eps).
-* `NoiseSchedule` is the monotone network gamma(t) (VDM's `NoiseSchedule_NNet`, with the
-  endpoint normalisation of the paper's Appendix: exact, learnable endpoints).
+* `NoiseSchedule` is the monotone network gamma(t) (the official `NoiseSchedule_NNet`,
+  normalised to exact, learnable endpoints as in the paper).
 * `schedule_sde` and `score_model` connect both to the SDE side: the learned schedule
   becomes an `sdes.LearnedVPSDE`, and the eps network becomes a score function.
 
@@ -94,7 +94,7 @@ class AttnBlock(nn.Module):
 
 
 class VDM(nn.Module):
-    """VDM eps-prediction network (Kingma et al. 2021, Appendix B; official `ScoreUNet`).
+    """VDM eps-prediction network (Kingma et al. 2021; the official `ScoreUNet`).
 
     Call: `net.apply(params, x, cond, train=False)` with x [B, H, W, C] and cond [B] the
     conditioning value (VDM: gamma_t); returns eps_hat [B, H, W, C]. Any H, W work (no
@@ -172,8 +172,9 @@ class VDM(nn.Module):
 
 
 class NoiseSchedule(nn.Module):
-    """Learned monotone noise schedule gamma(t), t in [0, 1] (VDM's NoiseNet, eq. for
-    `NoiseSchedule_NNet`, with the endpoint normalisation of the paper's Appendix):
+    """Learned monotone noise schedule gamma(t), t in [0, 1]: the official
+    `NoiseSchedule_NNet` (l1 linear, l2 -> sigmoid -> l3 with n features, positive
+    weights), with the paper's normalisation to learnable endpoints:
 
         g~(t) = |w1| t + (1/n) sum_j |w3_j| (2 sigmoid(|w2_j| (2t - 1) + b2_j) - 1),
         gamma(t) = gamma_0 + |delta| (g~(t) - g~(0)) / (g~(1) - g~(0)),
