@@ -315,6 +315,62 @@ class CosineVPSDE(LogSNRVPSDE):
         return self.T * jnp.where(log_snr > 0, from_u, from_w)
 
 
+class LearnedVPSDE(LogSNRVPSDE):
+    """VDM's VP SDE, defined by its noise schedule gamma(t) = -log_snr(t) (Kingma et al.
+    2021, "Variational Diffusion Models"): std^2 = sigmoid(gamma), mean_coeff^2 =
+    sigmoid(-gamma), beta(t) = sigmoid(gamma) gamma'(t).
+
+    Two forms, one class:
+      * fixed (VDM's "fixed" schedule): `LearnedVPSDE(gamma_min=-13.3, gamma_max=5.0)`,
+        gamma linear in t; this is what `make("vdm", ...)` builds from plain options.
+      * learned: `LearnedVPSDE(gamma_fn)`, with gamma_fn(s) for s = t / T in [0, 1] any
+        increasing, shape-preserving JAX function that closes over its parameters, e.g.
+        `functools.partial(models.vdm.NoiseSchedule().apply, schedule_params)`. The SDE is
+        rebuilt from the parameters at each step, inside the traced loss, so gradients
+        reach them through `marginal`, `beta` (forward-mode d gamma / dt) and `log_snr`;
+        `models.vdm.schedule_sde` does this. The inverse log-SNR is the base-class
+        bisection, which needs gamma_fn strictly increasing.
+    """
+
+    def __init__(self, gamma_fn: Callable[[Array], Array] | None = None,
+                 gamma_min: float | None = None, gamma_max: float | None = None,
+                 T: float = 1.0, t_min: float = 1e-3):
+        _check(gamma_fn is None or (gamma_min is None and gamma_max is None),
+               "vdm: give either gamma_fn (learned schedule) or gamma_min/gamma_max (fixed "
+               "linear schedule), not both")
+        _check(gamma_fn is None or callable(gamma_fn), f"vdm: gamma_fn must be callable, "
+               f"got {type(gamma_fn).__name__}")
+        if gamma_fn is None:
+            gamma_min = -13.3 if gamma_min is None else gamma_min
+            gamma_max = 5.0 if gamma_max is None else gamma_max
+            _check(gamma_min < gamma_max, f"vdm: need gamma_min < gamma_max, got "
+                   f"gamma_min={gamma_min}, gamma_max={gamma_max}")
+        _check(T > 0 and 0 < t_min < T, f"vdm: need 0 < t_min < T, got t_min={t_min}, T={T}")
+        self.gamma_fn, self.gamma_min, self.gamma_max = gamma_fn, gamma_min, gamma_max
+        self.T, self.t_min = T, t_min
+
+    def gamma(self, t: Array) -> Array:
+        """gamma(t) = log(std^2 / mean_coeff^2), increasing; shaped like t."""
+        s = t / self.T
+        if self.gamma_fn is None:
+            return self.gamma_min + (self.gamma_max - self.gamma_min) * s
+        return self.gamma_fn(s)
+
+    def log_snr(self, t):
+        return -self.gamma(t)
+
+    def t_from_log_snr(self, log_snr):
+        if self.gamma_fn is None:
+            return self.T * (-log_snr - self.gamma_min) / (self.gamma_max - self.gamma_min)
+        return super().t_from_log_snr(log_snr)
+
+    def __repr__(self) -> str:
+        if self.gamma_fn is None:
+            return (f"LearnedVPSDE(gamma_min={self.gamma_min}, gamma_max={self.gamma_max}, "
+                    f"T={self.T}, t_min={self.t_min})")
+        return f"LearnedVPSDE(gamma_fn=<learned>, T={self.T}, t_min={self.t_min})"
+
+
 @dataclasses.dataclass(frozen=True)
 class ReverseSDE:
     """Reverse-time SDE (Anderson 1982) or probability-flow ODE of `sde` for a score.
@@ -355,6 +411,7 @@ _REGISTRY: dict[str, type[SDE]] = {
     "subvp": SubVPSDE,
     "ve": VESDE,
     "cosine_vp": CosineVPSDE,
+    "vdm": LearnedVPSDE,
 }
 
 
@@ -368,7 +425,7 @@ def available() -> list[str]:
 
 
 def make(name: str, **kwargs) -> SDE:
-    """Builds the SDE registered as `name` ("vp", "subvp", "ve", "cosine_vp", ...).
+    """Builds the SDE registered as `name` ("vp", "subvp", "ve", "cosine_vp", "vdm", ...).
 
     Raises:
       ValueError: unknown name (listing the valid ones), an unknown keyword, or invalid

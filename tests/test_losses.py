@@ -120,7 +120,8 @@ def test_bad_options(bad, match):
 
 
 def test_unknown_loss():
-    with pytest.raises(ValueError, match=r"unknown loss 'l2'; available: \['ddpm', 'dsm', 'smld'\]"):
+    with pytest.raises(ValueError, match=r"unknown loss 'l2'; available: "
+                                         r"\['ddpm', 'dsm', 'smld', 'vdm_vlb'\]"):
         losses.make("l2")
 
 

@@ -260,7 +260,7 @@ def test_defaults_are_score_sde_cifar10_values():
 
 
 @pytest.mark.parametrize("name, kwargs, match", [
-    ("vpp", {}, r"unknown sde 'vpp'; available: \['cosine_vp', 'subvp', 've', 'vp'\]"),
+    ("vpp", {}, r"unknown sde 'vpp'; available: \['cosine_vp', 'subvp', 'vdm', 've', 'vp'\]"),
     ("vp", {"beta_min": 5.0, "beta_max": 1.0}, "beta_min < beta_max"),
     ("subvp", {"beta_min": 20.0, "beta_max": 20.0}, "beta_min < beta_max"),
     ("ve", {"sigma_min": 0.0}, "0 < sigma_min"),

@@ -19,13 +19,15 @@ import dataclasses
 
 import flax.linen as nn
 
-from sde_lab.models import ddpm, ncsnpp, ncsnv2
+from sde_lab.models import ddpm, mlp, ncsnpp, ncsnv2, vdm
 
 # name -> (Linen module class, {size name: field overrides}).
 _MODELS: dict[str, tuple[type[nn.Module], dict[str, dict]]] = {
     "ncsnpp": (ncsnpp.NCSNpp, ncsnpp.SIZES),
     "ncsnv2": (ncsnv2.NCSNv2, ncsnv2.SIZES),
     "ddpm": (ddpm.DDPM, ddpm.SIZES),
+    "vdm": (vdm.VDM, vdm.SIZES),
+    "mlp": (mlp.MLP, mlp.SIZES),
 }
 
 
