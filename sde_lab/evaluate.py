@@ -107,7 +107,7 @@ def _sample_metrics(exp, workdir: str, x: np.ndarray) -> dict:
         subset = min(1000, len(feats), len(ref.features))
         out["kid"] = metrics.kid(feats, ref.features, subset_size=subset)
     if logits is not None:
-        out["inception_score"] = metrics.inception_score(logits)[0]
+        out["inception_score"] = metrics.inception_score(logits, min(10, len(logits)))[0]
     return {k: float(v) for k, v in out.items()}
 
 
@@ -125,11 +125,29 @@ def _bits_per_dim(exp, params, step: int) -> dict:
     batches = [levels[i:i + cfg.batch_size] for i in range(0, len(levels), cfg.batch_size)]
     key = jax.random.fold_in(jax.random.PRNGKey(exp.config.seed), 3 * 10**6 + step)
     result = likelihood.dataset_bits_per_dim(
-        key, exp.sde, exp.score_fn(params), batches, scaler=Scaler(d.num_levels, d.centered),
+        key, exp.sde_fn(params), exp.score_fn(params), batches, scaler=Scaler(d.num_levels, d.centered),
         num_passes=cfg.bpd_num_passes, estimator=cfg.bpd_estimator, rtol=cfg.bpd_rtol,
         atol=cfg.bpd_atol, t_min=cfg.bpd_t_min)
-    return {"bpd": result["bpd"], "bpd_se": result["bpd_se"],
-            "bpd_num_examples": result["num_examples"], "bpd_nfe": result["nfe"]}
+    out = {"bpd": result["bpd"], "bpd_se": result["bpd_se"],
+           "bpd_num_examples": result["num_examples"], "bpd_nfe": result["nfe"]}
+    if exp.learned_schedule:
+        out["vlb_bpd"] = _vdm_bound(exp, params, batches, key)
+    return out
+
+
+def _vdm_bound(exp, params, batches, key) -> float:
+    """VDM's continuous-time VLB of the same test images, in the same bits/dim units."""
+    from sde_lab import losses
+    from sde_lab.data import Scaler
+
+    d = exp.config.data
+    loss = jax.jit(lambda p, x, k: losses.vdm_vlb_loss(
+        p, exp.score_model(), exp.sde_fn, x, k, num_levels=d.num_levels,
+        data_range=(-1.0, 1.0) if d.centered else (0.0, 1.0)))
+    scaler = Scaler(d.num_levels, d.centered)
+    total = sum(float(loss(params, scaler.to_model(b), jax.random.fold_in(key, i))) * len(b)
+                for i, b in enumerate(batches))
+    return total / sum(len(b) for b in batches)
 
 
 def evaluate_checkpoint(exp, workdir: str, step: int) -> dict:

@@ -24,6 +24,11 @@ def scatter(path: str, x: np.ndarray, config) -> None:
         ax.set_title(title)
         ax.set_aspect("equal")
     axes[1].scatter(x[:, 0], x[:, 1], s=2, c="tab:red", alpha=0.6)
+    axes[1].set_xlim(-lim, lim)
+    axes[1].set_ylim(-lim, lim)
+    outside = int(np.sum(np.any(np.abs(x[:, :2]) > lim, axis=1)))
+    if outside:
+        axes[1].set_title(f"{len(x)} samples ({outside} outside the frame)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

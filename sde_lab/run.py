@@ -104,7 +104,20 @@ class Experiment:
     net: Any
     param: parameterization.Parameterization
     shape: tuple[int, ...]
+    schedule: Any = None   # VDM's learned gamma(t) network when train.loss == "vdm_vlb"
     _eval_model: Callable | None = dataclasses.field(default=None, repr=False)
+
+    @property
+    def learned_schedule(self) -> bool:
+        return self.schedule is not None
+
+    def sde_fn(self, params) -> sdes.SDE:
+        """The SDE for `params`: fixed, or VDM's learned schedule read from params."""
+        if not self.learned_schedule:
+            return self.sde
+        from sde_lab.models import vdm
+
+        return vdm.schedule_sde(self.schedule, t_min=self.config.sde.t_min)(params)
 
     def apply_fn(self, labels=None, train: bool = False, dropout_key=None):
         """net.apply(params, x_in, cond) with labels / dropout bound."""
@@ -121,7 +134,12 @@ class Experiment:
 
     def score_model(self, labels=None, train=False, dropout_key=None):
         """score(params, x, t)."""
-        return self.param.score_model(self.apply_fn(labels, train, dropout_key), self.sde)
+        apply_fn = self.apply_fn(labels, train, dropout_key)
+        if self.learned_schedule:  # eps network conditioned on gamma_t, params {net, schedule}
+            from sde_lab.models import vdm
+
+            return vdm.score_model(apply_fn, self.sde_fn)
+        return self.param.score_model(apply_fn, self.sde)
 
     def score_fn(self, params, labels=None):
         """A pure score_fn(x, t) for samplers and the likelihood (eval mode).
@@ -140,7 +158,10 @@ class Experiment:
         x = jnp.zeros((1,) + self.shape)
         cond = jnp.zeros((1,))
         kwargs = {"y": jnp.zeros((1,), jnp.int32)} if self.config.model.num_classes > 0 else {}
-        return self.net.init(key, x, cond, **kwargs)
+        net_params = self.net.init(key, x, cond, **kwargs)
+        if not self.learned_schedule:
+            return net_params
+        return {"net": net_params, "schedule": self.schedule.init(key, jnp.zeros((1,)))}
 
     def loss_fn(self) -> Callable:
         """loss(params, batch, example_keys) -> scalar, for the train step."""
@@ -149,13 +170,17 @@ class Experiment:
         options = {"dsm": dict(weighting=cfg.weighting, importance_sampling=cfg.importance_sampling,
                                reduce=cfg.reduce, eps=cfg.t_eps),
                    "ddpm": dict(num_levels=cfg.num_levels, reduce=cfg.reduce),
-                   "smld": dict(num_levels=cfg.num_levels, reduce=cfg.reduce)}.get(name, {})
+                   "smld": dict(num_levels=cfg.num_levels, reduce=cfg.reduce),
+                   "vdm_vlb": dict(num_levels=self.config.data.num_levels,
+                                   data_range=(-1.0, 1.0) if self.config.data.centered
+                                   else (0.0, 1.0))}[name]
         loss = losses.make(name, **options)
+        sde = self.sde_fn if self.learned_schedule else self.sde
 
         def fn(params, batch, keys):
             dropout_key = jax.random.fold_in(keys[0], 1)
             model = self.score_model(batch.get("label"), train=True, dropout_key=dropout_key)
-            return loss(params, model, self.sde, batch["x"], keys)
+            return loss(params, model, sde, batch["x"], keys)
 
         return fn
 
@@ -183,7 +208,15 @@ def build(config) -> Experiment:
     _choice("model.parameterization", config.model.parameterization,
             list(parameterization._REGISTRY))  # noqa: SLF001
     param = parameterization.make(config.model.parameterization)
-    return Experiment(config, sde, make_net(config), param, data_shape(config))
+    schedule = None
+    if config.train.loss == "vdm_vlb":
+        if config.model.name != "vdm" or config.sde.name != "vp":
+            raise ConfigError("train.loss='vdm_vlb' trains VDM's learned schedule: it needs "
+                              "model.name='vdm' and sde.name='vp' (the VP family it learns)")
+        from sde_lab.models import vdm
+
+        schedule = vdm.NoiseSchedule()
+    return Experiment(config, sde, make_net(config), param, data_shape(config), schedule)
 
 
 # ---------------------------------------------------------------- validation
@@ -192,7 +225,7 @@ def validate(config, workdir: str, mode: str) -> Experiment:
     """Checks the whole config before anything is compiled; returns the built experiment."""
     _choice("--mode", mode, MODES)
     _choice("parallel.mode", config.parallel.mode, PARALLEL_MODES)
-    _choice("train.loss", config.train.loss, ["dsm", "ddpm", "smld"])
+    _choice("train.loss", config.train.loss, ["dsm", "ddpm", "smld", "vdm_vlb"])
     exp = build(config)
     exp.sampler()  # validates the sampler name and its options
     mesh = parallel.make_mesh()

@@ -23,7 +23,7 @@ def make_generator(exp, batch_size: int, **sampler_overrides):
         key_y, key_s = jax.random.split(key)
         labels = (jax.random.randint(key_y, (batch_size,), 0, num_classes)
                   if num_classes > 0 else None)
-        x, stats = sample_fn(key_s, exp.sde, exp.score_fn(params, labels), shape)
+        x, stats = sample_fn(key_s, exp.sde_fn(params), exp.score_fn(params, labels), shape)
         return x, stats["nfe"]
 
     return jax.jit(gen)
