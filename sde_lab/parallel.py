@@ -203,12 +203,13 @@ def compile_step(step_fn: StepFn, mesh: Mesh, mode: str = "jit", donate_state: b
       mode: "jit" (NamedSharding, XLA-inserted collectives) or "pmap".
       donate_state: let the step reuse the input state's buffers (jit mode).
 
-    The returned f takes `state` replicated (`replicate`), `batch` global [B, ...]
-    (`shard_batch`; a plain array in a single process) and `example_keys` [B] (typed) or
-    [B, 2] (raw), identical on every process. It returns `state` and `metrics` with the
-    same pytree shapes in both modes: replicated global arrays under jit, single-device
-    arrays under pmap (call `replicate` on them before an orbax save in a multi-process
-    pmap run).
+    The returned f takes `state` replicated (`replicate`), and `batch` [B, ...] and
+    `example_keys` [B] (typed) or [B, 2] (raw, any trailing dims) each either as global
+    arrays from `shard_batch` (every process passes its own rows) or as full arrays that
+    every process holds identically (e.g. `losses.example_keys(key, B)`). It returns `state`
+    and `metrics` with the same pytree shapes in both modes: replicated global arrays under
+    jit, single-device arrays under pmap (call `replicate` on them before an orbax save in a
+    multi-process pmap run).
     """
     if mode not in MODES:
         raise ValueError(f"unknown parallel mode '{mode}'; available: {list(MODES)}")
@@ -225,8 +226,8 @@ def _compile_jit(step_fn: StepFn, mesh: Mesh, donate_state: bool):
                    donate_argnums=(0,) if donate_state else ())
 
     def run(state, batch, example_keys):
-        if jax.process_count() > 1:
-            example_keys = shard_global(example_keys, mesh)
+        if jax.process_count() > 1:  # full host arrays -> global; global arrays pass through
+            batch, example_keys = shard_global((batch, example_keys), mesh)
         return step(state, batch, example_keys)
 
     return run
@@ -245,9 +246,8 @@ def _compile_pmap(step_fn: StepFn, mesh: Mesh):
                     axis_name=AXIS, in_axes=(None, 0, 0), out_axes=None, devices=devices)
 
     def per_device(x):
-        """[B_local, ...] -> [n_local, B_local / n_local, ...], one row per local device."""
-        if isinstance(x, jax.Array) and not x.is_fully_addressable:
-            x = _local_rows(x)  # pmap takes process-local input
+        """This process's rows [B_local, ...] -> [n_local, B_local / n_local, ...]."""
+        x = _local_part(x)  # pmap takes process-local input
         if x.shape[0] % n_local:
             raise ValueError(f"batch of {x.shape[0]} does not split over {n_local} devices")
         return x.reshape((n_local, x.shape[0] // n_local) + x.shape[1:])
@@ -258,9 +258,8 @@ def _compile_pmap(step_fn: StepFn, mesh: Mesh):
         return x
 
     def run(state, batch, example_keys):
-        batch = jax.tree.map(per_device, batch)
-        keys = _process_slice(example_keys)
-        return step(jax.tree.map(local_copy, state), batch, per_device(keys))
+        batch, keys = jax.tree.map(per_device, (batch, example_keys))
+        return step(jax.tree.map(local_copy, state), batch, keys)
 
     return run
 
@@ -271,10 +270,16 @@ def _local_rows(x: jax.Array) -> np.ndarray:
     return np.concatenate([np.asarray(s.data) for s in shards])
 
 
-def _process_slice(example_keys):
-    """Rows of the full per-example key array that belong to this process's examples."""
-    if isinstance(example_keys, jax.Array) and not example_keys.is_fully_addressable:
-        raise ValueError("pmap mode takes the full per-example keys on every process")
+def _local_part(x):
+    """This process's rows: the local shards of a global array (from `shard_batch`), or the
+    process's slice of a full array that every process holds (e.g. all example keys)."""
+    if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        return jax.random.wrap_key_data(_local_part(jax.random.key_data(x)),
+                                        impl=jax.random.key_impl(x))
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        return _local_rows(x)
     n, p = jax.process_count(), jax.process_index()
-    rows = example_keys.shape[0] // n
-    return example_keys[p * rows:(p + 1) * rows]
+    if x.shape[0] % n:
+        raise ValueError(f"batch of {x.shape[0]} does not split over {n} processes")
+    rows = x.shape[0] // n
+    return x[p * rows:(p + 1) * rows]

@@ -4,7 +4,9 @@
 Adam steps on the same global batches with each mode and saves the flattened params:
 "reference" is a plain `jax.jit` step on one device that never touches sde_lab.parallel;
 "jit1" is parallel.py's jit mode on a one-device mesh; "jit" and "pmap" use every device
-of every process. Multi-process runs set SDE_LAB_COORDINATOR / _NUM_PROCESSES /
+of every process, with the per-example keys passed like the batch (each process's rows
+through `shard_batch`, as the runner does); "jit_fullkeys" and "pmap_fullkeys" pass the
+full key array, identical on every process. Multi-process runs set SDE_LAB_COORDINATOR / _NUM_PROCESSES /
 _PROCESS_ID, and each process feeds only its own rows of the global batch.
 """
 
@@ -81,13 +83,16 @@ def train(mode: str) -> tuple[dict, list[float]]:
         return _flatten(jax.device_get(state["params"])), losses_seen
     mesh = parallel.make_mesh(jax.devices()[:1] if mode == "jit1" else None)
     parallel.check_batch_size(GLOBAL_BATCH, mesh)
-    step = parallel.compile_step(step_fn, mesh, mode="pmap" if mode == "pmap" else "jit")
+    step = parallel.compile_step(step_fn, mesh, mode="pmap" if "pmap" in mode else "jit")
     state = parallel.replicate(state, mesh)
     rows = parallel.local_batch_size(GLOBAL_BATCH)
     start = jax.process_index() * rows
     for i in range(NUM_STEPS):
         batch = parallel.shard_batch(global_batch(i)[start:start + rows], mesh)
-        state, metrics = step(state, batch, step_keys(i))
+        keys = step_keys(i)
+        if not mode.endswith("fullkeys"):
+            keys = parallel.shard_batch(np.asarray(keys)[start:start + rows], mesh)
+        state, metrics = step(state, batch, keys)
         losses_seen.append(float(parallel.to_host(metrics)["loss"]))
     return _flatten(parallel.to_host(state["params"])), losses_seen
 

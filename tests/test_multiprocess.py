@@ -35,7 +35,8 @@ def test_two_processes_match_one_process_with_four_devices(tmp_path):
         env.update(SDE_LAB_COORDINATOR=coordinator, SDE_LAB_NUM_PROCESSES="2",
                    SDE_LAB_PROCESS_ID=str(pid))
         procs.append(subprocess.Popen(
-            [sys.executable, str(HERE / "parallel_worker.py"), str(out), "jit", "pmap"],
+            [sys.executable, str(HERE / "parallel_worker.py"), str(out), "jit", "pmap",
+             "jit_fullkeys", "pmap_fullkeys"],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     try:
         logs = [p.communicate(timeout=300)[0] for p in procs]
@@ -49,7 +50,7 @@ def test_two_processes_match_one_process_with_four_devices(tmp_path):
     multi = dict(np.load(out))
     assert int(multi["process_count"]) == 2 and int(multi["device_count"]) == 4
     want = params_of(single, "jit")
-    for mode in ("jit", "pmap"):
+    for mode in ("jit", "pmap", "jit_fullkeys", "pmap_fullkeys"):
         got = params_of(multi, mode)
         assert got.keys() == want.keys()
         for k in want:
