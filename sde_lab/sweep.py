@@ -7,15 +7,15 @@ that returns a dict:
         return {
             "config": "configs/toy.py:runlocal",          # base config spec for main.py
             "grid": {"sde.name": ["vp", "subvp"],         # Cartesian product, in key order
-                     "train.lr": [1e-3, 2e-4]},           #   (the last key varies fastest)
+                     "optim.lr": [1e-3, 2e-4]},           #   (the last key varies fastest)
             "fixed": {"train.num_steps": 2000},           # optional: set in every run
         }
 
 Instead of `"grid"`, `"runs"` may list the override dicts one by one
-(`[{"sde.name": "vp"}, {"sde.name": "ve", "train.lr": 2e-4}]`). Keys are dotted config
+(`[{"sde.name": "vp"}, {"sde.name": "ve", "optim.lr": 2e-4}]`). Keys are dotted config
 paths; values are str, int, float, bool, None, or tuples/lists of those. Each run gets
 its own workdir `<root>/<name>`, where the name lists the run's own overrides (not the
-fixed ones) sorted by key, `sde.name=subvp,train.lr=0.0002`, with characters of values
+fixed ones) sorted by key, `optim.lr=0.0002,sde.name=subvp`, with characters of values
 outside `[A-Za-z0-9._-]` replaced by `-` (and a short hash appended when longer than 120
 characters): the same overrides always give the same directory, and two runs whose names
 would collide are an error. Each run executes
@@ -163,7 +163,7 @@ def _check_overrides(overrides, where: str) -> dict:
         raise ValueError(f"sweep {where} must be a dict of overrides, got {overrides!r}")
     for key, value in overrides.items():
         if not isinstance(key, str) or not _KEY_RE.match(key):
-            raise ValueError(f"sweep {where}: {key!r} is not a dotted config path like 'train.lr'")
+            raise ValueError(f"sweep {where}: {key!r} is not a dotted config path like 'optim.lr'")
         items = value if isinstance(value, (list, tuple)) else [value]
         if not all(isinstance(v, _SCALARS) for v in items):
             raise ValueError(f"sweep {where}: value {value!r} for {key!r} must be a str, int, "
