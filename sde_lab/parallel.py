@@ -9,8 +9,9 @@ Two ways to run a training step, chosen by `config.parallel.mode`:
 - `"jit"` (default): `jax.jit` with `NamedSharding` on an `AxisType.Auto` mesh. The step is
   written as if for one device; XLA inserts the gradient all-reduce (big_vision's style: no
   collective in user code). JAX's recommended path since 0.8.
-- `"pmap"`: `jax.pmap` over the local devices; the step sees its per-device slice and calls
-  `reduce_fn` (a `pmean` over `'data'`) on its gradients and metrics.
+- `"pmap"`: `jax.pmap` over the devices (JAX now implements it on `shard_map`); the step
+  sees its per-device slice and calls `reduce_fn` (a `pmean` over `'data'`) on its
+  gradients and metrics.
 
 A step function has the signature
 
@@ -20,6 +21,9 @@ where `example_keys` holds one PRNG key per example (`losses.example_keys(key, B
 losses draw every random number from the example's own key, and the keys are split exactly
 like the batch, both modes draw the same noise as one device: a step on N devices equals
 the one-device step on the same global batch up to float summation order.
+
+Batch maps without a training state (sampling, likelihoods, feature extraction) run
+through `data_parallel(fn, mesh, batch_argnums)`: jit with the batch split over 'data'.
 
 Multi-host: call `initialize()` first (it calls `jax.distributed.initialize()` under a
 multi-task Slurm step, Open MPI or a multi-host TPU slice, or when given a coordinator),
@@ -133,6 +137,8 @@ def _from_host(x, sharding: NamedSharding) -> jax.Array:
         impl = jax.random.key_impl(x)
         data = _from_host(jax.random.key_data(x), sharding)
         return jax.random.wrap_key_data(data, impl=impl)
+    if jax.process_count() == 1:
+        return jax.device_put(x, sharding)  # device to device, no host copy
     host = np.asarray(x)
     return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
@@ -207,9 +213,8 @@ def compile_step(step_fn: StepFn, mesh: Mesh, mode: str = "jit", donate_state: b
     `example_keys` [B] (typed) or [B, 2] (raw, any trailing dims) each either as global
     arrays from `shard_batch` (every process passes its own rows) or as full arrays that
     every process holds identically (e.g. `losses.example_keys(key, B)`). It returns `state`
-    and `metrics` with the same pytree shapes in both modes: replicated global arrays under
-    jit, single-device arrays under pmap (call `replicate` on them before an orbax save in a
-    multi-process pmap run).
+    and `metrics` in the same form in both modes: the one-device pytree shapes, as arrays
+    replicated over every device of the mesh (ready for an orbax save).
     """
     if mode not in MODES:
         raise ValueError(f"unknown parallel mode '{mode}'; available: {list(MODES)}")
@@ -259,7 +264,8 @@ def _compile_pmap(step_fn: StepFn, mesh: Mesh):
 
     def run(state, batch, example_keys):
         batch, keys = jax.tree.map(per_device, (batch, example_keys))
-        return step(jax.tree.map(local_copy, state), batch, keys)
+        out = step(jax.tree.map(local_copy, state), batch, keys)
+        return jax.tree.map(lambda x: _replicated_on(x, mesh), out)
 
     return run
 
@@ -295,6 +301,21 @@ def data_parallel(fn: Callable, mesh: Mesh, batch_argnums: tuple[int, ...] = ())
         return compiled[len(args)](*args)
 
     return run
+
+
+def _replicated_on(x: jax.Array, mesh: Mesh) -> jax.Array:
+    """`x` (the same value on this process's devices) as an array replicated over `mesh`.
+
+    pmap's replicated outputs span only the local devices when there are several
+    processes; this reuses their per-device buffers (copying only onto missing devices).
+    """
+    if x.is_fully_replicated and x.sharding.device_set == set(mesh.devices.flat):
+        return x
+    local = [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
+    on_device = {s.device: s.data for s in x.addressable_shards} if x.is_fully_replicated else {}
+    arrays = [on_device.get(d) if d in on_device else jax.device_put(x.addressable_data(0), d)
+              for d in local]
+    return jax.make_array_from_single_device_arrays(x.shape, NamedSharding(mesh, P()), arrays)
 
 
 def _local_rows(x: jax.Array) -> np.ndarray:
