@@ -29,6 +29,8 @@ Commands:
         --partition=gpu --time=04:00:00 --gpus-per-task=1 --cpus-per-task=8 --mem=32G
     python -m sde_lab.sweep report experiments/toy_sde_grid.py --root DIR --metric=fid --format=md
 
+(`run` may be left out: `python -m sde_lab.sweep experiments/toy_sde_grid.py --launcher=local`.)
+
 A run is complete when its workdir holds `DONE` (the runner writes it after a successful
 train) or a finished checkpoint `checkpoints/<train.num_steps>`; both launchers skip
 complete runs, so re-running the same command resumes an interrupted sweep. The local
@@ -262,7 +264,7 @@ def launch_local(sweep: Sweep, root: pathlib.Path, args: argparse.Namespace) -> 
         print(f"[{'ok' if rc == 0 else f'failed rc={rc}'}] {run.name}", flush=True)
         return rc
 
-    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.parallel or 1)) as pool:
         codes = list(pool.map(run_one, todo, argvs))
     return sum(rc != 0 for rc in codes)
 
@@ -435,8 +437,9 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--root", default=None,
                        help="parent of the run workdirs (default: workdirs/<sweep name>)")
     run.add_argument("--launcher", default="local", help=f"one of {sorted(LAUNCHERS)}")
-    run.add_argument("--parallel", type=int, default=1,
-                     help="local: runs at a time; slurm: max simultaneous array tasks (0: no limit)")
+    run.add_argument("--parallel", type=int, default=None,
+                     help="local: runs at a time (default 1); slurm: most array tasks "
+                          "running at once (default: no limit)")
     run.add_argument("--dry_run", "--dry-run", action="store_true",
                      help="print the commands (local) or the sbatch script (slurm) and stop")
     run.add_argument("--python", default=sys.executable, help="interpreter for main.py")
@@ -454,6 +457,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0].endswith(".py"):  # `python -m sde_lab.sweep FILE ...` means `run`
+        argv.insert(0, "run")
     args = _parser().parse_args(argv)
     sweep = load_sweep(args.sweep_file)
     root = pathlib.Path(args.root or pathlib.Path("workdirs") / sweep.name).absolute()

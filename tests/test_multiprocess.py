@@ -7,7 +7,6 @@ single-process 4-device run of the same steps; tolerance as in test_parallel.py 
 summation order only, 1e-6 after 3 Adam steps with lr = 1e-2).
 """
 
-import os
 import socket
 import subprocess
 import sys
