@@ -108,6 +108,7 @@ class Sweep:
     name: str
     config: str
     runs: list[Run] = field(default_factory=list)
+    fixed: dict[str, Any] = field(default_factory=dict)   # overrides shared by every run
 
 
 def load_sweep(path: str | pathlib.Path) -> Sweep:
@@ -141,7 +142,7 @@ def expand(spec: dict, name: str = "sweep") -> Sweep:
         raise ValueError(f"keys {clash} are both swept and fixed")
     runs = [Run(i, run_name(p), {**p, **fixed}) for i, p in enumerate(points)]
     _check_unique(runs)
-    return Sweep(name=name, config=spec["config"], runs=runs)
+    return Sweep(name=name, config=spec["config"], runs=runs, fixed=fixed)
 
 
 def _grid_points(grid) -> list[dict]:
@@ -376,10 +377,13 @@ def run_status(run: Run, root: pathlib.Path) -> str:
 
 def report_rows(sweep: Sweep, root: pathlib.Path, metric: str | None = None,
                 descending: bool = False) -> tuple[list[str], list[dict]]:
-    """(columns, rows): one row per run with its overrides, status and latest eval."""
+    """(columns, rows): one row per run with its swept overrides, status and latest eval."""
     rows, metric_keys = [], []
+    swept = list(dict.fromkeys(k for run in sweep.runs for k in run.overrides
+                               if k not in sweep.fixed))
     for run in sweep.runs:
-        row = {"run": run.name, **{k: format_value(v) for k, v in run.overrides.items()},
+        row = {"run": run.name, **{k: format_value(run.overrides[k]) for k in swept
+                                   if k in run.overrides},
                "status": run_status(run, root)}
         result = latest_eval(run.workdir(root))
         if result is None:
@@ -402,8 +406,7 @@ def report_rows(sweep: Sweep, root: pathlib.Path, metric: str | None = None,
         return (0, -value if descending else value, row["run"])
 
     rows.sort(key=sort_key)
-    override_keys = list(dict.fromkeys(k for run in sweep.runs for k in run.overrides))
-    return ["run", *override_keys, "status", *metric_keys], rows
+    return ["run", *swept, "status", *metric_keys], rows
 
 
 def format_table(columns: list[str], rows: list[dict], fmt: str = "md") -> str:

@@ -9,7 +9,7 @@ requeues array task 1 once its first checkpoint exists, and checks:
 - all 4 array tasks end COMPLETED and every run wrote DONE;
 - task 1 was restarted by Slurm (Restarts=1), and its output shows the runner restored a
   checkpoint at a step k > 0 and went on to the final step (metrics.jsonl);
-- the report lists 4 rows, all done.
+- the report lists the 4 runs, all done, each with its eval at the final step.
 
 The runner contract used (issue 6): `python main.py --config configs/toy.py:runlocal
 --workdir D --config.train.num_steps=N` trains, writes D/metrics.jsonl (one JSON per logged
@@ -20,6 +20,8 @@ saves a checkpoint and exits 0 on SIGTERM, and on restart logs
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import pathlib
 import re
@@ -36,10 +38,10 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 NUM_RUNS = 4
 REQUEUED_TASK = 1
 # Long enough (several seconds of training) that task 1 is still running after its first
-# checkpoint, with several checkpoints on the way; no eval at the end (the report's eval
-# columns are covered by test_sweep.py), so 4 runs fit in a few minutes on 2 cores.
+# checkpoint, with several checkpoints on the way. Each run ends with the config's eval
+# (eval/<num_steps>.json), which the report gathers.
 FIXED = {"train.num_steps": 4000, "train.checkpoint_every_steps": 200,
-         "train.log_every_steps": 100, "train.eval_at_end": False}
+         "train.log_every_steps": 100}
 TIMEOUT_S = 240
 
 
@@ -122,10 +124,12 @@ def run_sweep_on_slurm(repo: pathlib.Path, tmp: pathlib.Path) -> None:
 
     report = subprocess.run(
         [sys.executable, "-m", "sde_lab.sweep", "report", str(path), "--root", str(root),
-         "--format=md"], cwd=repo, capture_output=True, text=True, timeout=120)
+         "--format=csv"], cwd=repo, capture_output=True, text=True, timeout=120)
     assert report.returncode == 0, report.stderr
-    rows = [line for line in report.stdout.splitlines()[2:] if line.startswith("|")]
-    assert len(rows) == NUM_RUNS and all("| done" in row for row in rows), report.stdout
+    rows = list(csv.DictReader(io.StringIO(report.stdout)))
+    assert sorted(r["run"] for r in rows) == sorted(run.name for run in runs), report.stdout
+    for row in rows:
+        assert row["status"] == "done" and row["step"] == str(FIXED["train.num_steps"]), row
 
 
 @pytest.mark.slow

@@ -282,7 +282,7 @@ def test_report_takes_latest_eval_sorts_and_marks_missing(repo):
 
 
 def test_report_command_line(repo, capsys):
-    path = write_sweep(repo, GRID)
+    path = write_sweep(repo, {**GRID, "fixed": {"train.num_steps": 5}})  # not a column
     root = repo / "runs"
     s = sweep.load_sweep(path)
     write_eval(s.runs[3].workdir(root), 2, loss=0.25)
