@@ -1,7 +1,7 @@
 """Toy sweep: VP vs sub-VP SDE at two learning rates, 4 runs of the laptop-size toy config.
 
     python -m sde_lab.sweep run experiments/toy_sde_grid.py --launcher=local --root workdirs/toy_sde_grid
-    python -m sde_lab.sweep report experiments/toy_sde_grid.py --root workdirs/toy_sde_grid --metric=loss
+    python -m sde_lab.sweep report experiments/toy_sde_grid.py --root workdirs/toy_sde_grid
 """
 
 
@@ -10,6 +10,6 @@ def get_sweep():
         "config": "configs/toy.py:runlocal",
         "grid": {
             "sde.name": ["vp", "subvp"],
-            "train.lr": [1e-3, 2e-4],
+            "optim.lr": [1e-3, 2e-4],
         },
     }

@@ -9,8 +9,9 @@ Two ways to run a training step, chosen by `config.parallel.mode`:
 - `"jit"` (default): `jax.jit` with `NamedSharding` on an `AxisType.Auto` mesh. The step is
   written as if for one device; XLA inserts the gradient all-reduce (big_vision's style: no
   collective in user code). JAX's recommended path since 0.8.
-- `"pmap"`: `jax.pmap` over the local devices; the step sees its per-device slice and calls
-  `reduce_fn` (a `pmean` over `'data'`) on its gradients and metrics.
+- `"pmap"`: `jax.pmap` over the devices (JAX now implements it on `shard_map`); the step
+  sees its per-device slice and calls `reduce_fn` (a `pmean` over `'data'`) on its
+  gradients and metrics.
 
 A step function has the signature
 
@@ -20,6 +21,9 @@ where `example_keys` holds one PRNG key per example (`losses.example_keys(key, B
 losses draw every random number from the example's own key, and the keys are split exactly
 like the batch, both modes draw the same noise as one device: a step on N devices equals
 the one-device step on the same global batch up to float summation order.
+
+Batch maps without a training state (sampling, likelihoods, feature extraction) run
+through `data_parallel(fn, mesh, batch_argnums)`: jit with the batch split over 'data'.
 
 Multi-host: call `initialize()` first (it calls `jax.distributed.initialize()` under a
 multi-task Slurm step, Open MPI or a multi-host TPU slice, or when given a coordinator),
@@ -34,7 +38,6 @@ import os
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax import lax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
@@ -133,6 +136,8 @@ def _from_host(x, sharding: NamedSharding) -> jax.Array:
         impl = jax.random.key_impl(x)
         data = _from_host(jax.random.key_data(x), sharding)
         return jax.random.wrap_key_data(data, impl=impl)
+    if jax.process_count() == 1:
+        return jax.device_put(x, sharding)  # device to device, no host copy
     host = np.asarray(x)
     return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
@@ -203,12 +208,12 @@ def compile_step(step_fn: StepFn, mesh: Mesh, mode: str = "jit", donate_state: b
       mode: "jit" (NamedSharding, XLA-inserted collectives) or "pmap".
       donate_state: let the step reuse the input state's buffers (jit mode).
 
-    The returned f takes `state` replicated (`replicate`), `batch` global [B, ...]
-    (`shard_batch`; a plain array in a single process) and `example_keys` [B] (typed) or
-    [B, 2] (raw), identical on every process. It returns `state` and `metrics` with the
-    same pytree shapes in both modes: replicated global arrays under jit, single-device
-    arrays under pmap (call `replicate` on them before an orbax save in a multi-process
-    pmap run).
+    The returned f takes `state` replicated (`replicate`), and `batch` [B, ...] and
+    `example_keys` [B] (typed) or [B, 2] (raw, any trailing dims) each either as global
+    arrays from `shard_batch` (every process passes its own rows) or as full arrays that
+    every process holds identically (e.g. `losses.example_keys(key, B)`). It returns `state`
+    and `metrics` in the same form in both modes: the one-device pytree shapes, as arrays
+    replicated over every device of the mesh (ready for an orbax save).
     """
     if mode not in MODES:
         raise ValueError(f"unknown parallel mode '{mode}'; available: {list(MODES)}")
@@ -225,8 +230,8 @@ def _compile_jit(step_fn: StepFn, mesh: Mesh, donate_state: bool):
                    donate_argnums=(0,) if donate_state else ())
 
     def run(state, batch, example_keys):
-        if jax.process_count() > 1:
-            example_keys = shard_global(example_keys, mesh)
+        if jax.process_count() > 1:  # full host arrays -> global; global arrays pass through
+            batch, example_keys = shard_global((batch, example_keys), mesh)
         return step(state, batch, example_keys)
 
     return run
@@ -245,9 +250,8 @@ def _compile_pmap(step_fn: StepFn, mesh: Mesh):
                     axis_name=AXIS, in_axes=(None, 0, 0), out_axes=None, devices=devices)
 
     def per_device(x):
-        """[B_local, ...] -> [n_local, B_local / n_local, ...], one row per local device."""
-        if isinstance(x, jax.Array) and not x.is_fully_addressable:
-            x = _local_rows(x)  # pmap takes process-local input
+        """This process's rows [B_local, ...] -> [n_local, B_local / n_local, ...]."""
+        x = _local_part(x)  # pmap takes process-local input
         if x.shape[0] % n_local:
             raise ValueError(f"batch of {x.shape[0]} does not split over {n_local} devices")
         return x.reshape((n_local, x.shape[0] // n_local) + x.shape[1:])
@@ -258,11 +262,59 @@ def _compile_pmap(step_fn: StepFn, mesh: Mesh):
         return x
 
     def run(state, batch, example_keys):
-        batch = jax.tree.map(per_device, batch)
-        keys = _process_slice(example_keys)
-        return step(jax.tree.map(local_copy, state), batch, per_device(keys))
+        batch, keys = jax.tree.map(per_device, (batch, example_keys))
+        out = step(jax.tree.map(local_copy, state), batch, keys)
+        return jax.tree.map(lambda x: _replicated_on(x, mesh), out)
 
     return run
+
+
+def data_parallel(fn: Callable, mesh: Mesh, batch_argnums: tuple[int, ...] = ()):
+    """jit(fn) spread over the mesh: for sampling, likelihoods and other batch maps.
+
+    Arguments in `batch_argnums` are split along 'data' (leading dim), the others
+    replicated; every output whose leading dim splits evenly over the devices is split
+    along 'data', the rest (scalars such as NFE counts) replicated. XLA propagates the
+    output sharding back through the computation, so a sampler whose batch is drawn
+    inside `fn` from one key runs data-parallel too. Results equal the one-device call
+    (JAX's threefry is partitionable: random bits do not depend on the sharding) up to
+    float summation order; gather them with `to_host`.
+    """
+    split, replicated = NamedSharding(mesh, P(AXIS)), NamedSharding(mesh, P())
+    n = mesh.devices.size
+
+    def constrained(*args):
+        def place(y):
+            even = getattr(y, "ndim", 0) >= 1 and y.shape[0] % n == 0
+            return lax.with_sharding_constraint(y, split if even else replicated)
+
+        return jax.tree.map(place, fn(*args))
+
+    compiled: dict[int, Callable] = {}  # one jit per argument count
+
+    def run(*args):
+        if len(args) not in compiled:
+            shardings = tuple(split if i in batch_argnums else replicated
+                              for i in range(len(args)))
+            compiled[len(args)] = jax.jit(constrained, in_shardings=shardings)
+        return compiled[len(args)](*args)
+
+    return run
+
+
+def _replicated_on(x: jax.Array, mesh: Mesh) -> jax.Array:
+    """`x` (the same value on this process's devices) as an array replicated over `mesh`.
+
+    pmap's replicated outputs span only the local devices when there are several
+    processes; this reuses their per-device buffers (copying only onto missing devices).
+    """
+    if x.is_fully_replicated and x.sharding.device_set == set(mesh.devices.flat):
+        return x
+    local = [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
+    on_device = {s.device: s.data for s in x.addressable_shards} if x.is_fully_replicated else {}
+    arrays = [on_device.get(d) if d in on_device else jax.device_put(x.addressable_data(0), d)
+              for d in local]
+    return jax.make_array_from_single_device_arrays(x.shape, NamedSharding(mesh, P()), arrays)
 
 
 def _local_rows(x: jax.Array) -> np.ndarray:
@@ -271,10 +323,16 @@ def _local_rows(x: jax.Array) -> np.ndarray:
     return np.concatenate([np.asarray(s.data) for s in shards])
 
 
-def _process_slice(example_keys):
-    """Rows of the full per-example key array that belong to this process's examples."""
-    if isinstance(example_keys, jax.Array) and not example_keys.is_fully_addressable:
-        raise ValueError("pmap mode takes the full per-example keys on every process")
+def _local_part(x):
+    """This process's rows: the local shards of a global array (from `shard_batch`), or the
+    process's slice of a full array that every process holds (e.g. all example keys)."""
+    if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        return jax.random.wrap_key_data(_local_part(jax.random.key_data(x)),
+                                        impl=jax.random.key_impl(x))
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        return _local_rows(x)
     n, p = jax.process_count(), jax.process_index()
-    rows = example_keys.shape[0] // n
-    return example_keys[p * rows:(p + 1) * rows]
+    if x.shape[0] % n:
+        raise ValueError(f"batch of {x.shape[0]} does not split over {n} processes")
+    rows = x.shape[0] // n
+    return x[p * rows:(p + 1) * rows]

@@ -7,15 +7,15 @@ that returns a dict:
         return {
             "config": "configs/toy.py:runlocal",          # base config spec for main.py
             "grid": {"sde.name": ["vp", "subvp"],         # Cartesian product, in key order
-                     "train.lr": [1e-3, 2e-4]},           #   (the last key varies fastest)
+                     "optim.lr": [1e-3, 2e-4]},           #   (the last key varies fastest)
             "fixed": {"train.num_steps": 2000},           # optional: set in every run
         }
 
 Instead of `"grid"`, `"runs"` may list the override dicts one by one
-(`[{"sde.name": "vp"}, {"sde.name": "ve", "train.lr": 2e-4}]`). Keys are dotted config
+(`[{"sde.name": "vp"}, {"sde.name": "ve", "optim.lr": 2e-4}]`). Keys are dotted config
 paths; values are str, int, float, bool, None, or tuples/lists of those. Each run gets
 its own workdir `<root>/<name>`, where the name lists the run's own overrides (not the
-fixed ones) sorted by key, `sde.name=subvp,train.lr=0.0002`, with characters of values
+fixed ones) sorted by key, `optim.lr=0.0002,sde.name=subvp`, with characters of values
 outside `[A-Za-z0-9._-]` replaced by `-` (and a short hash appended when longer than 120
 characters): the same overrides always give the same directory, and two runs whose names
 would collide are an error. Each run executes
@@ -28,6 +28,8 @@ Commands:
     python -m sde_lab.sweep run experiments/toy_sde_grid.py --launcher=slurm --root DIR \\
         --partition=gpu --time=04:00:00 --gpus-per-task=1 --cpus-per-task=8 --mem=32G
     python -m sde_lab.sweep report experiments/toy_sde_grid.py --root DIR --metric=fid --format=md
+
+(`run` may be left out: `python -m sde_lab.sweep experiments/toy_sde_grid.py --launcher=local`.)
 
 A run is complete when its workdir holds `DONE` (the runner writes it after a successful
 train) or a finished checkpoint `checkpoints/<train.num_steps>`; both launchers skip
@@ -106,6 +108,7 @@ class Sweep:
     name: str
     config: str
     runs: list[Run] = field(default_factory=list)
+    fixed: dict[str, Any] = field(default_factory=dict)   # overrides shared by every run
 
 
 def load_sweep(path: str | pathlib.Path) -> Sweep:
@@ -139,7 +142,7 @@ def expand(spec: dict, name: str = "sweep") -> Sweep:
         raise ValueError(f"keys {clash} are both swept and fixed")
     runs = [Run(i, run_name(p), {**p, **fixed}) for i, p in enumerate(points)]
     _check_unique(runs)
-    return Sweep(name=name, config=spec["config"], runs=runs)
+    return Sweep(name=name, config=spec["config"], runs=runs, fixed=fixed)
 
 
 def _grid_points(grid) -> list[dict]:
@@ -163,7 +166,7 @@ def _check_overrides(overrides, where: str) -> dict:
         raise ValueError(f"sweep {where} must be a dict of overrides, got {overrides!r}")
     for key, value in overrides.items():
         if not isinstance(key, str) or not _KEY_RE.match(key):
-            raise ValueError(f"sweep {where}: {key!r} is not a dotted config path like 'train.lr'")
+            raise ValueError(f"sweep {where}: {key!r} is not a dotted config path like 'optim.lr'")
         items = value if isinstance(value, (list, tuple)) else [value]
         if not all(isinstance(v, _SCALARS) for v in items):
             raise ValueError(f"sweep {where}: value {value!r} for {key!r} must be a str, int, "
@@ -262,7 +265,7 @@ def launch_local(sweep: Sweep, root: pathlib.Path, args: argparse.Namespace) -> 
         print(f"[{'ok' if rc == 0 else f'failed rc={rc}'}] {run.name}", flush=True)
         return rc
 
-    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.parallel or 1)) as pool:
         codes = list(pool.map(run_one, todo, argvs))
     return sum(rc != 0 for rc in codes)
 
@@ -374,10 +377,13 @@ def run_status(run: Run, root: pathlib.Path) -> str:
 
 def report_rows(sweep: Sweep, root: pathlib.Path, metric: str | None = None,
                 descending: bool = False) -> tuple[list[str], list[dict]]:
-    """(columns, rows): one row per run with its overrides, status and latest eval."""
+    """(columns, rows): one row per run with its swept overrides, status and latest eval."""
     rows, metric_keys = [], []
+    swept = list(dict.fromkeys(k for run in sweep.runs for k in run.overrides
+                               if k not in sweep.fixed))
     for run in sweep.runs:
-        row = {"run": run.name, **{k: format_value(v) for k, v in run.overrides.items()},
+        row = {"run": run.name, **{k: format_value(run.overrides[k]) for k in swept
+                                   if k in run.overrides},
                "status": run_status(run, root)}
         result = latest_eval(run.workdir(root))
         if result is None:
@@ -400,8 +406,7 @@ def report_rows(sweep: Sweep, root: pathlib.Path, metric: str | None = None,
         return (0, -value if descending else value, row["run"])
 
     rows.sort(key=sort_key)
-    override_keys = list(dict.fromkeys(k for run in sweep.runs for k in run.overrides))
-    return ["run", *override_keys, "status", *metric_keys], rows
+    return ["run", *swept, "status", *metric_keys], rows
 
 
 def format_table(columns: list[str], rows: list[dict], fmt: str = "md") -> str:
@@ -435,8 +440,9 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--root", default=None,
                        help="parent of the run workdirs (default: workdirs/<sweep name>)")
     run.add_argument("--launcher", default="local", help=f"one of {sorted(LAUNCHERS)}")
-    run.add_argument("--parallel", type=int, default=1,
-                     help="local: runs at a time; slurm: max simultaneous array tasks (0: no limit)")
+    run.add_argument("--parallel", type=int, default=None,
+                     help="local: runs at a time (default 1); slurm: most array tasks "
+                          "running at once (default: no limit)")
     run.add_argument("--dry_run", "--dry-run", action="store_true",
                      help="print the commands (local) or the sbatch script (slurm) and stop")
     run.add_argument("--python", default=sys.executable, help="interpreter for main.py")
@@ -454,6 +460,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0].endswith(".py"):  # `python -m sde_lab.sweep FILE ...` means `run`
+        argv.insert(0, "run")
     args = _parser().parse_args(argv)
     sweep = load_sweep(args.sweep_file)
     root = pathlib.Path(args.root or pathlib.Path("workdirs") / sweep.name).absolute()

@@ -4,8 +4,12 @@
 Adam steps on the same global batches with each mode and saves the flattened params:
 "reference" is a plain `jax.jit` step on one device that never touches sde_lab.parallel;
 "jit1" is parallel.py's jit mode on a one-device mesh; "jit" and "pmap" use every device
-of every process. Multi-process runs set SDE_LAB_COORDINATOR / _NUM_PROCESSES /
-_PROCESS_ID, and each process feeds only its own rows of the global batch.
+of every process, with the per-example keys passed like the batch (each process's rows
+through `shard_batch`, as the runner does); "jit_fullkeys" and "pmap_fullkeys" pass the
+full key array, identical on every process. Multi-process runs set SDE_LAB_COORDINATOR / _NUM_PROCESSES /
+_PROCESS_ID, and each process feeds only its own rows of the global batch. With
+SDE_LAB_CKPT_DIR set, every mode ends with an orbax save and restore of its state, by all
+processes, checked bit for bit.
 """
 
 from __future__ import annotations
@@ -81,15 +85,41 @@ def train(mode: str) -> tuple[dict, list[float]]:
         return _flatten(jax.device_get(state["params"])), losses_seen
     mesh = parallel.make_mesh(jax.devices()[:1] if mode == "jit1" else None)
     parallel.check_batch_size(GLOBAL_BATCH, mesh)
-    step = parallel.compile_step(step_fn, mesh, mode="pmap" if mode == "pmap" else "jit")
+    step = parallel.compile_step(step_fn, mesh, mode="pmap" if "pmap" in mode else "jit")
     state = parallel.replicate(state, mesh)
     rows = parallel.local_batch_size(GLOBAL_BATCH)
     start = jax.process_index() * rows
     for i in range(NUM_STEPS):
         batch = parallel.shard_batch(global_batch(i)[start:start + rows], mesh)
-        state, metrics = step(state, batch, step_keys(i))
+        keys = step_keys(i)
+        if not mode.endswith("fullkeys"):
+            keys = parallel.shard_batch(np.asarray(keys)[start:start + rows], mesh)
+        state, metrics = step(state, batch, keys)
         losses_seen.append(float(parallel.to_host(metrics)["loss"]))
+    # Both modes hand back state replicated over every device of every process (what an
+    # orbax save of a global array needs).
+    assert all(x.is_fully_replicated and len(x.sharding.device_set) == mesh.devices.size
+               for x in jax.tree.leaves(state)), mode
+    if os.environ.get("SDE_LAB_CKPT_DIR"):
+        _check_checkpoint_round_trip(state, os.path.join(os.environ["SDE_LAB_CKPT_DIR"], mode))
     return _flatten(parallel.to_host(state["params"])), losses_seen
+
+
+def _check_checkpoint_round_trip(state, directory: str) -> None:
+    """Every process saves the replicated state with orbax and restores it unchanged."""
+    import orbax.checkpoint as ocp
+
+    options = ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=False)
+    with ocp.CheckpointManager(directory, options=options) as manager:
+        manager.save(NUM_STEPS, args=ocp.args.StandardSave(state))
+        manager.wait_until_finished()
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+        restored = manager.restore(NUM_STEPS, args=ocp.args.StandardRestore(abstract))
+    for a, b in zip(jax.tree.leaves(parallel.to_host(state)),
+                    jax.tree.leaves(parallel.to_host(restored))):
+        np.testing.assert_array_equal(a, b)
+    assert all(x.sharding == y.sharding
+               for x, y in zip(jax.tree.leaves(state), jax.tree.leaves(restored)))
 
 
 def _flatten(params) -> dict:

@@ -1,12 +1,12 @@
 """Two processes on localhost (jax.distributed, 2 CPU devices each) train like one process.
 
 Each process feeds only its own half of every global batch through `parallel.shard_batch`;
-gradients cross processes through the CPU collectives (gloo). The result must equal the
+gradients cross processes through the CPU collectives (gloo). Both processes then save the
+state with orbax and restore it (checked bit for bit in the worker). The result must equal the
 single-process 4-device run of the same steps; tolerance as in test_parallel.py (float
 summation order only, 1e-6 after 3 Adam steps with lr = 1e-2).
 """
 
-import os
 import socket
 import subprocess
 import sys
@@ -33,9 +33,10 @@ def test_two_processes_match_one_process_with_four_devices(tmp_path):
     for pid in range(2):
         env = _subprocess_env(2)
         env.update(SDE_LAB_COORDINATOR=coordinator, SDE_LAB_NUM_PROCESSES="2",
-                   SDE_LAB_PROCESS_ID=str(pid))
+                   SDE_LAB_PROCESS_ID=str(pid), SDE_LAB_CKPT_DIR=str(tmp_path / "ckpt"))
         procs.append(subprocess.Popen(
-            [sys.executable, str(HERE / "parallel_worker.py"), str(out), "jit", "pmap"],
+            [sys.executable, str(HERE / "parallel_worker.py"), str(out), "jit", "pmap",
+             "jit_fullkeys", "pmap_fullkeys"],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     try:
         logs = [p.communicate(timeout=300)[0] for p in procs]
@@ -47,9 +48,11 @@ def test_two_processes_match_one_process_with_four_devices(tmp_path):
         assert p.returncode == 0, log[-3000:]
 
     multi = dict(np.load(out))
+    for mode in ("jit", "pmap", "jit_fullkeys", "pmap_fullkeys"):
+        assert (tmp_path / "ckpt" / mode / "3").is_dir(), mode   # NUM_STEPS = 3
     assert int(multi["process_count"]) == 2 and int(multi["device_count"]) == 4
     want = params_of(single, "jit")
-    for mode in ("jit", "pmap"):
+    for mode in ("jit", "pmap", "jit_fullkeys", "pmap_fullkeys"):
         got = params_of(multi, mode)
         assert got.keys() == want.keys()
         for k in want:

@@ -10,7 +10,6 @@ import json
 import os
 import pathlib
 import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -188,6 +187,8 @@ def test_dry_run_launches_nothing(repo, capsys):
     assert sweep.main(["run", str(path), "--root", str(repo / "runs"), "--dry_run"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert len([line for line in out if " main.py --config " in line]) == 4
+    assert sweep.main([str(path), "--root", str(repo / "runs"), "--dry-run"]) == 0  # `run` implied
+    assert capsys.readouterr().out.splitlines() == out
     assert not (repo / "runs").exists()
 
 
@@ -241,7 +242,7 @@ def test_slurm_launcher_submits_pending_runs_only(repo, tmp_path, monkeypatch, c
     assert sweep.main(["run", str(path), "--launcher=slurm", "--root", str(root)]) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1] == "4242"
     submitted = (tmp_path / "submitted.sbatch").read_text()
-    assert "#SBATCH --array=1-3" in submitted
+    assert "#SBATCH --array=1-3" in submitted.splitlines()  # no %limit unless --parallel
     assert submitted == (root / "slurm" / "grid.sbatch").read_text()
 
 
@@ -281,7 +282,7 @@ def test_report_takes_latest_eval_sorts_and_marks_missing(repo):
 
 
 def test_report_command_line(repo, capsys):
-    path = write_sweep(repo, GRID)
+    path = write_sweep(repo, {**GRID, "fixed": {"train.num_steps": 5}})  # not a column
     root = repo / "runs"
     s = sweep.load_sweep(path)
     write_eval(s.runs[3].workdir(root), 2, loss=0.25)
