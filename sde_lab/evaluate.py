@@ -82,7 +82,9 @@ def _sample_metrics(exp, workdir: str, x: np.ndarray) -> dict:
     from sde_lab.data import Scaler
 
     cfg = exp.config.eval
-    if cfg.feature_extractor == "none" or len(exp.shape) == 1:
+    if len(exp.shape) == 1:
+        return {"sliced_wasserstein": _sliced_wasserstein_to_data(exp, x)}
+    if cfg.feature_extractor == "none":
         return {}
     kwargs = {"weights_path": cfg.inception_weights or None} if (
         cfg.feature_extractor == "inception") else {}
@@ -109,6 +111,19 @@ def _sample_metrics(exp, workdir: str, x: np.ndarray) -> dict:
     if logits is not None:
         out["inception_score"] = metrics.inception_score(logits, min(10, len(logits)))[0]
     return {k: float(v) for k, v in out.items()}
+
+
+def _sliced_wasserstein_to_data(exp, x: np.ndarray, num_projections: int = 256) -> float:
+    """Sliced Wasserstein-1 distance between samples and as many fresh data samples."""
+    from sde_lab import data
+
+    rng = np.random.default_rng(0)
+    true = data.toy_distribution(exp.config.data.dataset[4:], exp.config.data.toy_dim).sample(
+        rng, len(x))
+    dirs = rng.standard_normal((x.shape[1], num_projections))
+    dirs /= np.linalg.norm(dirs, axis=0, keepdims=True)
+    proj_x, proj_t = np.sort(x @ dirs, axis=0), np.sort(true @ dirs, axis=0)
+    return float(np.mean(np.abs(proj_x - proj_t)))
 
 
 def _bits_per_dim(exp, params, step: int) -> dict:
@@ -164,8 +179,9 @@ def evaluate_checkpoint(exp, workdir: str, step: int) -> dict:
               "nfe_per_sample": nfe, "sampling_seconds": round(time.time() - t0, 2)}
     result.update(_sample_metrics(exp, workdir, x))
     t1 = time.time()
-    result.update(_bits_per_dim(exp, params, step))
-    result["bpd_seconds"] = round(time.time() - t1, 2)
+    bpd = _bits_per_dim(exp, params, step)
+    if bpd:
+        result.update(bpd, bpd_seconds=round(time.time() - t1, 2))
     if parallel.is_main_process():
         png = sample.save_grid(exp, x, os.path.join(workdir, "samples", f"eval_{step}.png"))
         run_lib.write_json(out_path, result)

@@ -251,8 +251,9 @@ def train_and_evaluate(exp, workdir: str) -> int:
     if preempted:
         return 0
     if parallel.is_main_process():
-        with open(os.path.join(workdir, "DONE"), "w") as f:
-            f.write(f"{exp.config.train.num_steps}\n")
+        from sde_lab import sweep
+
+        sweep.mark_done(workdir)
     if exp.config.train.eval_at_end:
         from sde_lab import evaluate
 
