@@ -170,7 +170,7 @@ def load_tfds(name: str, split: str, data_dir: str | None) -> TfdsSplit:
     except Exception as e:  # TFDS raises several types for "not prepared"
         raise FileNotFoundError(
             f"dataset '{name}' (split '{split}') is not prepared in {data_dir} as array_record "
-            f"({type(e).__name__}). Prepare it once with:\n  {prepare_command(name, data_dir)}"
+            f"({type(e).__name__}); prepare it once with: {prepare_command(name, data_dir)}"
         ) from None
     return TfdsSplit(source)
 

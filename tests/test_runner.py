@@ -164,13 +164,13 @@ def test_non_finite_loss_stops_without_overwriting_the_good_checkpoint(tmp_path,
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--config.sde.name=vpp"], "sde.name='vpp' is not valid; choose from ['cosine_vp', 'subvp', 've', 'vp']"),
+    (["--config.sde.name=vpp"], "sde.name='vpp' is not valid; choose from ['cosine_vp', 'subvp', 'vdm', 've', 'vp']"),
     (["--config.model.name=unet"], "model.name='unet' is not valid; choose from"),
     (["--config.sample.sampler=rk4"], "sample.sampler='rk4' is not valid; choose from"),
     (["--config.data.image_size=7"], "cannot take input (7, 7, 1)"),
     (["--config.data.dataset=cifar10", "--config.data.data_dir=/nonexistent_tfds"],
      "tfds build cifar10 --file_format=array_record"),
-    (["--config.train.batchsize=3"], "unknown config field 'train.batchsize'; did you mean 'train.batch_size'?"),
+    (["--config.train.batchsize=3"], "unknown config field 'train.batchsize'; did you mean 'train.batch_size'"),
     (["--config.sde.beta_min=30"], "vp: need 0 <= beta_min < beta_max"),
 ])
 def test_bad_input_is_one_line_before_compilation(tmp_path, args, message):
