@@ -140,24 +140,25 @@ def _finish(ctx: _Ctx, x: Array, t_last: Array, key: Array, denoise: bool,
 # Time grids: num_steps + 1 decreasing times from sde.T to t_min.
 
 
-def _grid_linear(ctx: _Ctx, num_steps: int, t_min: float, rho: float) -> Array:
-    return jnp.linspace(ctx.sde.T, t_min, num_steps + 1)
+def _grid_linear(ctx: _Ctx, num_steps: int, t_min: float, rho: float, dtype) -> Array:
+    return jnp.linspace(ctx.sde.T, t_min, num_steps + 1, dtype=dtype)
 
 
-def _grid_edm(ctx: _Ctx, num_steps: int, t_min: float, rho: float) -> Array:
+def _grid_edm(ctx: _Ctx, num_steps: int, t_min: float, rho: float, dtype) -> Array:
     """Karras et al. 2022 eq. 5: sigma_i^(1/rho) linear between sigma_max and sigma_min,
     with sigma the EDM noise level sigma / alpha, mapped back to t through the log-SNR."""
-    s_max, s_min = ctx.sigma_edm(jnp.float32(ctx.sde.T)), ctx.sigma_edm(jnp.float32(t_min))
-    u = jnp.linspace(0.0, 1.0, num_steps + 1)
+    s_max = ctx.sigma_edm(jnp.asarray(ctx.sde.T, dtype))
+    s_min = ctx.sigma_edm(jnp.asarray(t_min, dtype))
+    u = jnp.linspace(0.0, 1.0, num_steps + 1, dtype=dtype)
     sigma = (s_max ** (1 / rho) + u * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho
     ts = ctx.t_of_sigma_edm(sigma)
     return ts.at[0].set(ctx.sde.T).at[-1].set(t_min)  # exact ends despite the round trip
 
 
-def _grid_logsnr(ctx: _Ctx, num_steps: int, t_min: float, rho: float) -> Array:
+def _grid_logsnr(ctx: _Ctx, num_steps: int, t_min: float, rho: float, dtype) -> Array:
     """Lu et al. 2022: uniform in lambda = log_snr / 2 (their recommended grid)."""
-    lam = jnp.linspace(ctx.sde.log_snr(jnp.float32(ctx.sde.T)),
-                       ctx.sde.log_snr(jnp.float32(t_min)), num_steps + 1)
+    lam = jnp.linspace(ctx.sde.log_snr(jnp.asarray(ctx.sde.T, dtype)),
+                       ctx.sde.log_snr(jnp.asarray(t_min, dtype)), num_steps + 1)
     ts = ctx.sde.t_from_log_snr(lam)
     return ts.at[0].set(ctx.sde.T).at[-1].set(t_min)
 
@@ -391,7 +392,7 @@ def _fixed_grid(name: str, predictor: Predictor, num_steps: int, corrector=None,
         ctx = _Ctx(sde, _guided(score_fn, guidance_fn))
         key_prior, key_steps, key_final = jax.random.split(key, 3)
         x = sde.prior_sample(key_prior, tuple(shape))
-        ts = _GRIDS[grid](ctx, num_steps, tmin, rho).astype(x.dtype)
+        ts = _GRIDS[grid](ctx, num_steps, tmin, rho, x.dtype)
 
         def body(state, inputs):
             x, carry = state
@@ -608,9 +609,10 @@ def sra(num_steps: int = 100, solver: str = "shark", grid: str = "linear",
         x = sde.prior_sample(key_prior, tuple(shape))
         rev = sdes.reverse(sde, ctx.score)
         # The grid is static (it depends on the SDE's constants only): the Brownian tree's
-        # resolution is set from its smallest step.
+        # resolution is set from its smallest step. StepTo takes exactly num_steps steps,
+        # so diffrax's max_steps error check (a host callback) is not needed: throw=False.
         with jax.ensure_compile_time_eval():
-            taus = sde.T - _GRIDS[grid](ctx, num_steps, tmin, 7.0)
+            taus = sde.T - _GRIDS[grid](ctx, num_steps, tmin, 7.0, x.dtype)
             tol = float(jnp.min(jnp.diff(taus))) / 16
 
         def drift(tau, y, args):
@@ -627,7 +629,7 @@ def sra(num_steps: int = 100, solver: str = "shark", grid: str = "linear",
         sol = diffrax.diffeqsolve(terms, _SRA_SOLVERS[solver](), t0=taus[0], t1=taus[-1],
                                   dt0=None, y0=x, max_steps=num_steps + 1,
                                   stepsize_controller=diffrax.StepTo(ts=taus),
-                                  saveat=diffrax.SaveAt(t1=True))
+                                  saveat=diffrax.SaveAt(t1=True), throw=False)
         x, extra = _finish(ctx, sol.ys[-1], jnp.asarray(tmin, x.dtype), key_final, denoise,
                            None)
         return x, {"nfe": jnp.asarray(2 * num_steps + extra, jnp.int32)}
