@@ -1,13 +1,14 @@
 """Sampler accuracy vs. NFE, wall time and solver overhead, with exact Gaussian-mixture scores.
 
 For a 2-D and a 64-D Gaussian mixture (exact score from `sde_lab.analytic`), every sampler
-runs at several NFE budgets; each row reports the sample error against the true mixture:
+runs at several NFE budgets on `--seeds` batches (the same prior keys for every sampler);
+each row reports the sample error against the true mixture, averaged over the batches:
 
   sw     sliced 2-Wasserstein distance to the true mixture (128 random directions, exact
          projected quantiles); the first row, `exact`, is an exact sample of the same
          size: the Monte-Carlo floor;
   mean   ||mean - mu||_2;   cov   ||Cov - Sigma||_F / ||Sigma||_F;
-  ms     median wall time of one jitted sample batch (after a warm-up call);
+  ms     median wall time of one jitted sample batch (after a warm-up call, blocking);
   ovh    solver overhead = (ms / NFE) / (median time of one bare jitted score call on the
          same batch, timed just before): 1.0 means the sampler costs exactly its score
          evaluations.
@@ -105,30 +106,43 @@ def errors(x, sliced_w2: SlicedW2, gm: GaussianMixture) -> dict[str, float]:
             "cov": float(np.linalg.norm(cov - gm.cov()) / np.linalg.norm(gm.cov()))}
 
 
-def median_time(fn, *args, repeats: int) -> float:
-    jax.block_until_ready(fn(*args))            # warm-up (and compile)
-    times = []
-    for _ in range(repeats):
+def timed_runs(fn, keys) -> tuple[list, float]:
+    """Calls fn(key) once to compile and warm up, then once per key (blocking on each);
+    returns the outputs and the median wall time in seconds."""
+    jax.block_until_ready(fn(keys[0]))
+    outputs, times = [], []
+    for key in keys:
         start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
+        outputs.append(jax.block_until_ready(fn(key)))
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return outputs, statistics.median(times)
 
 
 def bare_score_ms(sde, gm, shape, repeats: int) -> float:
+    """Median time of one jitted exact-score call on a [B, D] batch (after a warm-up)."""
     score = jax.jit(gm.score_fn(sde))
     x = jax.random.normal(jax.random.PRNGKey(7), shape)
     t = jnp.full(shape[:1], 0.5)
-    return 1e3 * median_time(score, x, t, repeats=repeats)
+    _, seconds = timed_runs(lambda _: score(x, t), [None] * repeats)
+    return 1e3 * seconds
 
 
-def run_problem(label, gm, sde, plan, batch, repeats):
-    """Rows of (sampler, options, NFE, errors, ms per batch, overhead). The bare score call
-    is timed right before each sampler so that both see the same machine load."""
+def mean_errors(samples, sliced_w2, gm) -> dict[str, float]:
+    """Errors averaged over independent batches (the metrics are noisy: a single batch's
+    sliced W2 varies by +-30% from seed to seed, mostly through the component counts)."""
+    errs = [errors(x, sliced_w2, gm) for x in samples]
+    return {k: float(np.mean([e[k] for e in errs])) for k in errs[0]}
+
+
+def run_problem(label, gm, sde, plan, batch, seeds):
+    """Rows of (sampler, options, NFE, errors, ms per batch, overhead). Every sampler sees
+    the same `seeds` keys (so the same prior draws); errors are averaged over them. The bare
+    score call is timed right before each sampler, so both see the same machine load."""
     shape = (batch, gm.dim)
+    keys = [jax.random.PRNGKey(s) for s in range(seeds)]
     sliced_w2 = SlicedW2(gm, jax.random.PRNGKey(123))
-    exact = gm.sample(jax.random.PRNGKey(2), batch)
-    rows = [("exact", "-", 0, errors(exact, sliced_w2, gm), float("nan"), float("nan"))]
+    exact = [gm.sample(jax.random.PRNGKey(1000 + s), batch) for s in range(seeds)]
+    rows = [("exact", "-", 0, mean_errors(exact, sliced_w2, gm), float("nan"), float("nan"))]
     score_times = []
     for name, budgets in plan.items():
         for budget in budgets:
@@ -138,21 +152,22 @@ def run_problem(label, gm, sde, plan, batch, repeats):
                 continue
             sampler = samplers.make(name, **options)
             fn = jax.jit(lambda key, s=sampler: s(key, sde, gm.score_fn(sde), shape))
-            x, stats = fn(jax.random.PRNGKey(3))
-            nfe = int(stats["nfe"])
-            score_ms = bare_score_ms(sde, gm, shape, repeats=max(repeats, 20))
+            score_ms = bare_score_ms(sde, gm, shape, repeats=20)
+            outputs, seconds = timed_runs(fn, keys)
             score_times.append(score_ms)
-            ms = 1e3 * median_time(fn, jax.random.PRNGKey(3), repeats=repeats)
+            nfe = int(np.mean([int(stats["nfe"]) for _, stats in outputs]))
+            ms = 1e3 * seconds
             opts = ",".join(f"{k}={v}" for k, v in options.items())
-            rows.append((name, opts, nfe, errors(x, sliced_w2, gm), ms, ms / nfe / score_ms))
-            print(f"  [{label}] {name} {opts}: nfe={nfe} sw={rows[-1][3]['sw']:.4f} "
+            err = mean_errors([x for x, _ in outputs], sliced_w2, gm)
+            rows.append((name, opts, nfe, err, ms, ms / nfe / score_ms))
+            print(f"  [{label}] {name} {opts}: nfe={nfe} sw={err['sw']:.4f} "
                   f"{ms:.1f} ms, overhead {rows[-1][5]:.2f}", file=sys.stderr, flush=True)
     return rows, statistics.median(score_times)
 
 
 def print_table(label, gm, rows, score_ms, batch):
     print(f"\n### {label}: {gm.dim}-D mixture of {len(gm.weights)}, batch {batch}, "
-          f"bare score call {score_ms:.3f} ms\n")
+          f"bare score call {score_ms:.3f} ms (median over rows)\n")
     print("| sampler | options | NFE | sliced W2 | mean err | rel. cov err | ms / batch | "
           "overhead |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
@@ -181,7 +196,8 @@ def main(argv=None):
     parser.add_argument("--sde", default="vp", choices=sdes.available())
     parser.add_argument("--batch", type=int, default=None,
                         help="samples per batch (default: 2d 16384, 64d 4096)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per row (median)")
+    parser.add_argument("--seeds", type=int, default=3,
+                        help="batches per row: errors are averaged, time is the median")
     parser.add_argument("--samplers", default=None, help="comma list (default: all)")
     parser.add_argument("--full", action="store_true",
                         help="every sampler at NFE 10, 20, 50, 100, 1000")
@@ -200,7 +216,7 @@ def main(argv=None):
     for label in args.problems.split(","):
         gm = all_problems[label]
         batch = args.batch or DEFAULT_BATCH[label]
-        rows, score_ms = run_problem(label, gm, sde, plan, batch, args.repeats)
+        rows, score_ms = run_problem(label, gm, sde, plan, batch, args.seeds)
         print_table(label, gm, rows, score_ms, batch)
         floor_check(label, rows)
     print(f"\ntotal {time.perf_counter() - start:.0f} s")
