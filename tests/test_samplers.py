@@ -385,6 +385,11 @@ def test_bad_t_min_and_missing_sde_method_fail_before_tracing():
         marginal, drift_diffusion, prior_sample = sde.marginal, sde.drift_diffusion, \
             sde.prior_sample
 
+    # score_sde's DDPM chain (VP) needs beta(t) dt < 1: beta(T) = 20, so 19 steps are too few.
+    with pytest.raises(ValueError, match="reverse_diffusion: .* undefined on this grid"):
+        samplers.make("reverse_diffusion", num_steps=19)(
+            jax.random.PRNGKey(0), sde, GM.score_fn(sde), (4, 2))
+
     with pytest.raises(ValueError, match=r"ancestral: .* lacks \['transition'\]"):
         samplers.make("ancestral", num_steps=3)(
             jax.random.PRNGKey(0), NoTransition(), GM.score_fn(sde), (4, 2))

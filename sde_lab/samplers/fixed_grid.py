@@ -26,7 +26,11 @@ def fixed_grid(name: str, predictor: Predictor, num_steps: int, corrector=None,
         ctx = Ctx(sde, guided(score_fn, guidance_fn))
         key_prior, key_steps, key_final = jax.random.split(key, 3)
         x = sde.prior_sample(key_prior, tuple(shape))
-        ts = GRIDS[grid](ctx, num_steps, tmin, rho, x.dtype)
+        # The grid depends on the SDE's constants only: compute it eagerly, so that a step
+        # that is undefined on it fails here with a clear message.
+        with jax.ensure_compile_time_eval():
+            ts = GRIDS[grid](ctx, num_steps, tmin, rho, x.dtype)
+            predictor.validate(sde, ts)
 
         def body(state, inputs):
             x, carry = state

@@ -1,6 +1,5 @@
 """Predictors (one reverse-time step from t to s < t) and Langevin correctors.
 
-
 A predictor is `step(ctx, key, x, carry, t, s) -> (x, carry)` with scalar times t > s and
 `carry` the state kept between steps (multistep methods); a corrector is
 `corrector(ctx, key, x, t, s) -> x`, a few MCMC steps targeting p_t.
@@ -31,12 +30,15 @@ class Predictor:
       step: (ctx, key, x, carry, t, s) -> (x, carry).
       init: x -> initial carry.
       grid: default time grid ("linear", "edm" or "logsnr").
+      validate: (sde, ts) -> None, raises ValueError where the step is undefined on the
+        concrete grid ts [N + 1] (called before tracing).
     """
 
     nfe: int
     step: Callable
     init: Callable[[Array], Any] = lambda x: ()
     grid: str = "linear"
+    validate: Callable[[Any, Array], None] = lambda sde, ts: None
 
 
 def _euler_maruyama(num_steps: int) -> Predictor:
@@ -60,7 +62,16 @@ def _reverse_diffusion(num_steps: int) -> Predictor:
         z = jax.random.normal(key, x.shape, x.dtype)
         return x - rev_f + expand_to(big_g, x) * z, carry
 
-    return Predictor(1, step)
+    def validate(sde, ts):
+        # A discrete chain can be undefined for large steps: DDPM's needs beta(t) dt < 1.
+        ones = jnp.ones((1, 1), ts.dtype)
+        f, g = jax.vmap(lambda t, dt: sde.discretize(ones, t[None], dt))(ts[:-1], ts[:-1] - ts[1:])
+        if not (jnp.all(jnp.isfinite(f)) and jnp.all(jnp.isfinite(g))):
+            raise ValueError(f"reverse_diffusion: sde.discretize of {type(sde).__name__} is "
+                             f"undefined on this grid of {len(ts) - 1} steps (e.g. VP's DDPM "
+                             f"chain needs beta(t) dt < 1); use more steps")
+
+    return Predictor(1, step, validate=validate)
 
 
 def _posterior(ctx, t, s):
