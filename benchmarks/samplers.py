@@ -215,6 +215,48 @@ def floor_check(label, rows):
           f"{best[0]} ({best[1]}, NFE {best[2]}) {best[3]['sw']:.4f} -> reaches it: {verdict}")
 
 
+OVERHEAD_PLAN = [("euler_maruyama", {"num_steps": 100}), ("ancestral", {"num_steps": 100}),
+                 ("ddim", {"num_steps": 100}), ("heun", {"num_steps": 50}),
+                 ("dpm_solver++", {"num_steps": 100}), ("pc", {"num_steps": 50}),
+                 ("sra", {"num_steps": 50}), ("ode", {"rtol": 1e-5, "atol": 1e-5})]
+
+
+def paired_overhead(gm, sde, batch, pairs: int = 7, loop: int = 50):
+    """Solver overhead measured in interleaved pairs, robust to a machine whose load
+    changes: each pair times the sampler once and a jitted scan of `loop` bare score calls
+    once, back to back; the reported ratio is the median over pairs of
+    (sampler time / NFE) / (scan time / loop)."""
+    shape = (batch, gm.dim)
+    score_fn = gm.score_fn(sde)
+    x0 = jax.random.normal(jax.random.PRNGKey(7), shape)
+    t = jnp.full(shape[:1], 0.5)
+
+    @jax.jit
+    def chained(x):
+        body = lambda x, _: (x + 1e-6 * score_fn(x, t), None)  # noqa: E731
+        return jax.lax.scan(body, x, None, length=loop)[0]
+
+    jax.block_until_ready(chained(x0))
+    print(f"\n### solver overhead, {gm.dim}-D, batch {batch}: median over {pairs} interleaved "
+          f"pairs of (sampler ms / NFE) / (ms per score call in a {loop}-call scan)\n")
+    print("| sampler | options | NFE | overhead |")
+    print("|---|---|---:|---:|")
+    for name, options in OVERHEAD_PLAN:
+        sampler = samplers.make(name, **options)
+        fn = jax.jit(lambda key, s=sampler: s(key, sde, score_fn, shape))
+        nfe = int(jax.block_until_ready(fn(jax.random.PRNGKey(0)))[1]["nfe"])
+        ratios = []
+        for p in range(pairs):
+            start = time.perf_counter()
+            jax.block_until_ready(chained(x0))
+            score_s = (time.perf_counter() - start) / loop
+            start = time.perf_counter()
+            jax.block_until_ready(fn(jax.random.PRNGKey(p)))
+            ratios.append((time.perf_counter() - start) / nfe / score_s)
+        opts = ",".join(f"{k}={v}" for k, v in options.items())
+        print(f"| {name} | {opts} | {nfe} | {statistics.median(ratios):.2f} |", flush=True)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--problems", default="2d,64d", help="comma list of 2d, 64d")
@@ -226,6 +268,8 @@ def main(argv=None):
     parser.add_argument("--samplers", default=None, help="comma list (default: all)")
     parser.add_argument("--full", action="store_true",
                         help="every sampler at NFE 10, 20, 50, 100, 1000")
+    parser.add_argument("--no_overhead", action="store_true",
+                        help="skip the paired solver-overhead table (64-D)")
     args = parser.parse_args(argv)
     print("command: python " + " ".join(sys.argv))
     print(f"jax {jax.__version__}, backend {jax.default_backend()}, sde {args.sde}")
@@ -244,6 +288,8 @@ def main(argv=None):
         rows, score_ms = run_problem(label, gm, sde, plan, batch, args.seeds)
         print_table(label, gm, rows, score_ms, batch)
         floor_check(label, rows)
+    if "64d" in args.problems.split(",") and not args.no_overhead:
+        paired_overhead(all_problems["64d"], sde, args.batch or DEFAULT_BATCH["64d"])
     print(f"\ntotal {time.perf_counter() - start:.0f} s")
 
 

@@ -257,12 +257,12 @@ def test_ode_nfe_from_solver_stats(solver):
 @pytest.mark.parametrize("name", samplers.available())
 def test_graph_size_does_not_grow_with_steps(name):
     """No Python loop over steps and no host round trip: the traced program has the same
-    number of equations for 5 and 50 steps (ode: for two tolerances), and no callback
+    number of equations for 20 and 50 steps (ode: for two tolerances), and no callback
     except, in diffrax solves, equinox's runtime error checks (callbacks inside a cond,
     reached only when a check fails, e.g. more than max_steps)."""
     sde = sdes.make("vp")
     options = [{"rtol": 1e-3}, {"rtol": 1e-6}] if name == "ode" else [
-        {"num_steps": 5}, {"num_steps": 50}]
+        {"num_steps": 20}, {"num_steps": 50}]
 
     def program(opts):
         sampler = samplers.make(name, **opts)
