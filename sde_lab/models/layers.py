@@ -71,9 +71,18 @@ def nin(x: Array, features: int, init_scale: float = 0.1) -> Array:
     return nn.Dense(features, kernel_init=default_init(init_scale))(x)
 
 
+def num_groups(channels: int) -> int:
+    """score_sde's min(C // 4, 32) GroupNorm groups, lowered to the nearest divisor of C so
+    that any width works (all published widths are multiples of 32: unchanged there)."""
+    g = max(1, min(channels // 4, 32))
+    while channels % g:
+        g -= 1
+    return g
+
+
 def group_norm(x: Array) -> Array:
-    """GroupNorm with min(C // 4, 32) groups (score_sde), i.e. 32 groups from 128 channels."""
-    return nn.GroupNorm(num_groups=max(1, min(x.shape[-1] // 4, 32)))(x)
+    """GroupNorm over num_groups(C) groups (32 groups from 128 channels)."""
+    return nn.GroupNorm(num_groups=num_groups(x.shape[-1]))(x)
 
 
 def timestep_embedding(t: Array, dim: int, max_positions: float = 10000.0) -> Array:
@@ -211,7 +220,8 @@ class FIRConv(nn.Module):
             x = jax.lax.conv_general_dilated(x, w, (2, 2), "VALID", dimension_numbers=dn)
         else:
             x = jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=dn)
-        return x + self.param("bias", jax.nn.initializers.zeros, (self.features,))
+        bias = self.param("bias", jax.nn.initializers.zeros, (self.features,))
+        return x + bias.reshape(1, 1, 1, -1)
 
 
 class Upsample(nn.Module):

@@ -123,18 +123,9 @@ class NCSNpp(nn.Module):
         act = layers.get_act(self.nonlinearity)
         temb = self._embed(t, y, act)
 
-        res_kw = dict(act=act, dropout=self.dropout, init_scale=self.init_scale,
-                      skip_rescale=self.skip_rescale)
-        if self.resblock_type == "ddpm":
-            ResBlock = functools.partial(layers.ResnetBlockDDPM, **res_kw)
-        else:
-            ResBlock = functools.partial(layers.ResnetBlockBigGAN, fir=self.fir,
-                                         fir_kernel=self.fir_kernel, **res_kw)
-        Attn = functools.partial(layers.AttnBlock, skip_rescale=self.skip_rescale,
-                                 init_scale=self.init_scale)
-        resample = dict(fir=self.fir, fir_kernel=self.fir_kernel)
+        ResBlock, Attn = self._block_types(act)
 
-        # Downsampling path.
+        # Downsampling path; hs keeps every output for the skip connections.
         input_pyramid = x
         hs = [layers.conv(x, self.nf)]
         for level in range(num_levels):
@@ -143,21 +134,10 @@ class NCSNpp(nn.Module):
                 if h.shape[1] in self.attn_resolutions:
                     h = Attn()(h)
                 hs.append(h)
-            if level == num_levels - 1:
-                continue
-            if self.resblock_type == "ddpm":
-                h = layers.Downsample(with_conv=self.resamp_with_conv, **resample)(hs[-1])
-            else:
-                h = ResBlock(down=True)(hs[-1], temb, train)
-            if self.progressive_input == "input_skip":
-                input_pyramid = layers.Downsample(with_conv=False, **resample)(input_pyramid)
-                h = layers.Combine(self.progressive_combine)(input_pyramid, h)
-            elif self.progressive_input == "residual":
-                input_pyramid = layers.Downsample(out_ch=h.shape[-1], with_conv=True,
-                                                  **resample)(input_pyramid)
-                input_pyramid = self._skip_sum(input_pyramid, h)
-                h = input_pyramid
-            hs.append(h)
+            if level != num_levels - 1:
+                h = self._resample(hs[-1], temb, train, ResBlock, up=False)
+                h, input_pyramid = self._input_pyramid(h, input_pyramid)
+                hs.append(h)
 
         h = ResBlock()(hs[-1], temb, train)
         h = Attn()(h)
@@ -173,14 +153,44 @@ class NCSNpp(nn.Module):
                 h = Attn()(h)
             h, pyramid = self._output_pyramid(h, pyramid, x.shape[-1], act, level == num_levels - 1)
             if level != 0:
-                if self.resblock_type == "ddpm":
-                    h = layers.Upsample(with_conv=self.resamp_with_conv, **resample)(h)
-                else:
-                    h = ResBlock(up=True)(h, temb, train)
+                h = self._resample(h, temb, train, ResBlock, up=True)
 
         if self.progressive == "output_skip":
             return pyramid
         return self._head(h, x.shape[-1], act, self.init_scale)
+
+    def _block_types(self, act):
+        """The residual-block and attention constructors with this network's options."""
+        res_kw = dict(act=act, dropout=self.dropout, init_scale=self.init_scale,
+                      skip_rescale=self.skip_rescale)
+        if self.resblock_type == "ddpm":
+            res_block = functools.partial(layers.ResnetBlockDDPM, **res_kw)
+        else:
+            res_block = functools.partial(layers.ResnetBlockBigGAN, fir=self.fir,
+                                          fir_kernel=self.fir_kernel, **res_kw)
+        attn = functools.partial(layers.AttnBlock, skip_rescale=self.skip_rescale,
+                                 init_scale=self.init_scale)
+        return res_block, attn
+
+    def _resample(self, h, temb, train, res_block, up: bool):
+        """Between levels: a resampling BigGAN block, or a separate (FIR) layer (DDPM)."""
+        if self.resblock_type == "biggan":
+            return res_block(up=up, down=not up)(h, temb, train)
+        layer = layers.Upsample if up else layers.Downsample
+        return layer(with_conv=self.resamp_with_conv, fir=self.fir, fir_kernel=self.fir_kernel)(h)
+
+    def _input_pyramid(self, h, pyramid):
+        """Progressive input: "input_skip" merges the downsampled image into h (Combine);
+        "residual" adds a learned downsampling of the previous pyramid level to h."""
+        resample = dict(fir=self.fir, fir_kernel=self.fir_kernel)
+        if self.progressive_input == "none":
+            return h, pyramid
+        if self.progressive_input == "input_skip":
+            pyramid = layers.Downsample(with_conv=False, **resample)(pyramid)
+            return layers.Combine(self.progressive_combine)(pyramid, h), pyramid
+        pyramid = layers.Downsample(out_ch=h.shape[-1], with_conv=True, **resample)(pyramid)
+        pyramid = self._skip_sum(pyramid, h)
+        return pyramid, pyramid
 
     def _skip_sum(self, a: Array, b: Array) -> Array:
         return (a + b) / np.sqrt(2.0) if self.skip_rescale else a + b
@@ -223,8 +233,9 @@ SIZES: dict[str, dict] = {
     # (Fourier) embedding of the CIFAR-10 models.
     "ncsnpp_64": _NCSNPP_CONT,
     "ncsnpp_256": _NCSNPP_256,
-    # 8x8x1 scikit-learn digits: DDPM++ style, attention at 4x4.
-    "digits": dict(_DDPMPP_CONT, nf=64, ch_mult=(1, 2), num_res_blocks=2,
+    # 8x8x1 scikit-learn digits: DDPM++ style, attention at 4x4; 0.75M params, 91 MFLOP
+    # per image for forward+backward (XLA count), i.e. 11.6 GFLOP per step at batch 128.
+    "digits": dict(_DDPMPP_CONT, nf=32, ch_mult=(1, 2), num_res_blocks=1,
                    attn_resolutions=(4,)),
     # For tests: every feature on (FIR, BigGAN, residual input pyramid, attention) at 8x8.
     "tiny": dict(_NCSNPP_CONT, nf=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,)),

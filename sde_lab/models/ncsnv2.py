@@ -59,9 +59,11 @@ class InstanceNormPlus(nn.Module):
         means_plus = (means - m) * jax.lax.rsqrt(v + 1e-5)
         h = (x - means[:, None, None, :]) * jax.lax.rsqrt(
             jnp.var(x, axis=(1, 2), keepdims=True) + 1e-5)
-        h = h + means_plus[:, None, None, :] * self.param("alpha", _init_around_one, (c,))
-        h = h * self.param("gamma", _init_around_one, (c,))
-        return h + self.param("beta", jax.nn.initializers.zeros, (c,))
+        alpha, gamma = (self.param(n, _init_around_one, (c,)).reshape(1, 1, 1, c)
+                        for n in ("alpha", "gamma"))
+        beta = self.param("beta", jax.nn.initializers.zeros, (c,)).reshape(1, 1, 1, c)
+        h = h + means_plus[:, None, None, :] * alpha
+        return h * gamma + beta
 
 
 class ConvMeanPool(nn.Module):
