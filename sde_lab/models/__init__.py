@@ -14,8 +14,8 @@ Fourier-embedding NCSN++ sizes (`ncsnpp_cont*`, `ncsnpp_64`, `ncsnpp_256`) with 
 of `ddpm`) with "eps" (t = 999 t), and NCSNv2, which ignores t, with "score".
 
 `models.sizes(name)` lists a model's named sizes: the published configurations plus
-`tiny` (tests) and, for ncsnpp and ddpm, `digits` (8x8x1 scikit-learn digits). Adding a model: a module file
-with a Linen class and a `SIZES` dict, and one line in `_MODELS` below.
+`tiny` (tests) and, for ncsnpp and ddpm, `digits` (8x8x1 scikit-learn digits). Adding a
+model: a module file with a Linen class and a `SIZES` dict, and one line in `_MODELS`.
 """
 
 from __future__ import annotations
