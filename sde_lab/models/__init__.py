@@ -8,9 +8,14 @@ Every image network maps x [B, H, W, C] and a conditioning value t [B] (from a
     out = net.apply(params, x, t)                     # + y=labels, train=True
                                                       #   (rngs={"dropout": key})
 
+Pair each network with the parameterization whose conditioning it was built for:
+Fourier-embedding NCSN++ sizes (`ncsnpp_cont*`, `ncsnpp_64`, `ncsnpp_256`) with "score"
+(t = log sigma, output / sigma), sinusoidal-embedding sizes (`ddpmpp_cont*`, `digits`, all
+of `ddpm`) with "eps" (t = 999 t), and NCSNv2, which ignores t, with "score".
+
 `models.sizes(name)` lists a model's named sizes: the published configurations plus
-`tiny` (tests) and `digits` (8x8x1 scikit-learn digits). Adding a model: a module file
-with a Linen class and a `SIZES` dict, and one line in `_MODELS` below.
+`tiny` (tests) and, for ncsnpp and ddpm, `digits` (8x8x1 scikit-learn digits). Adding a
+model: a module file with a Linen class and a `SIZES` dict, and one line in `_MODELS`.
 """
 
 from __future__ import annotations

@@ -142,40 +142,55 @@ class AttnBlock(nn.Module):
 
 
 def _fir_kernel(k: Sequence[float], gain: float) -> np.ndarray:
-    k = np.asarray(k, dtype=np.float32)
-    k2 = np.outer(k, k) if k.ndim == 1 else k
-    return k2 / k2.sum() * gain
+    """1-D factor of the separable 2-D filter outer(k, k) / sum^2 * gain."""
+    k = np.asarray(k, dtype=np.float64)
+    if k.ndim != 1:
+        raise ValueError(f"fir_kernel must be a 1-D (separable) filter; got shape {k.shape}")
+    return k / k.sum() * np.sqrt(gain)
 
 
-def upfirdn2d(x: Array, k2: np.ndarray, up: int = 1, down: int = 1, pad0: int = 0,
+def _upfirdn1d(x: Array, k: np.ndarray, axis: int, up: int, down: int, pad0: int,
+               pad1: int) -> Array:
+    """upfirdn along one spatial axis of [B, H, W, C], as a sum of len(k) strided slices
+    (cheaper on CPU than a depthwise convolution, and fused by XLA)."""
+    if up > 1:  # zero insertion: each sample followed by up - 1 zeros
+        n = x.shape[axis]
+        x = jnp.expand_dims(x, axis + 1)
+        x = jnp.pad(x, [(0, up - 1) if d == axis + 1 else (0, 0) for d in range(x.ndim)])
+        x = x.reshape(x.shape[:axis] + (n * up,) + x.shape[axis + 2:])
+    x = jnp.pad(x, [(pad0, pad1) if d == axis else (0, 0) for d in range(x.ndim)])
+    length = (x.shape[axis] - len(k)) // down + 1
+    out = None
+    for j, weight in enumerate(k[::-1]):  # correlation with the flipped filter = convolution
+        index = [slice(None)] * x.ndim
+        index[axis] = slice(j, j + (length - 1) * down + 1, down)
+        term = float(weight) * x[tuple(index)]
+        out = term if out is None else out + term
+    return out
+
+
+def upfirdn2d(x: Array, k: np.ndarray, up: int = 1, down: int = 1, pad0: int = 0,
               pad1: int = 0) -> Array:
-    """Zero-insertion upsample by `up`, zero-pad (pad0, pad1), convolve with the 2-D FIR
-    filter `k2`, keep every `down`-th pixel; per channel (like scipy.signal.upfirdn in 2-D).
-
-    Written as one depthwise convolution: lhs_dilation inserts the zeros, and the extra
-    up - 1 trailing zeros of zero insertion go into the right padding.
-    """
-    c = x.shape[-1]
-    kernel = jnp.asarray(k2[::-1, ::-1], x.dtype)[:, :, None, None]
-    kernel = jnp.tile(kernel, (1, 1, 1, c))
-    pad = [(pad0, pad1 + up - 1)] * 2
-    return jax.lax.conv_general_dilated(
-        x, kernel, window_strides=(down, down), padding=pad, lhs_dilation=(up, up),
-        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=c)
+    """Zero-insertion upsample by `up`, zero-pad (pad0, pad1), convolve with the separable
+    FIR filter outer(k, k), keep every `down`-th pixel; per channel, on H and W of
+    [B, H, W, C] (scipy.signal.upfirdn along each axis, then cropped by the padding)."""
+    for axis in (1, 2):
+        x = _upfirdn1d(x, k, axis, up, down, pad0, pad1)
+    return x
 
 
 def upsample_2d(x: Array, k: Sequence[float] = (1, 1), factor: int = 2) -> Array:
     """FIR upsampling [B, H, W, C] -> [B, fH, fW, C]; k = (1, 1) is nearest neighbour."""
-    k2 = _fir_kernel(k, gain=factor**2)
-    p = k2.shape[0] - factor
-    return upfirdn2d(x, k2, up=factor, pad0=(p + 1) // 2 + factor - 1, pad1=p // 2)
+    k1 = _fir_kernel(k, gain=factor**2)
+    p = len(k1) - factor
+    return upfirdn2d(x, k1, up=factor, pad0=(p + 1) // 2 + factor - 1, pad1=p // 2)
 
 
 def downsample_2d(x: Array, k: Sequence[float] = (1, 1), factor: int = 2) -> Array:
     """FIR downsampling [B, H, W, C] -> [B, H/f, W/f, C]; k = (1, 1) is average pooling."""
-    k2 = _fir_kernel(k, gain=1.0)
-    p = k2.shape[0] - factor
-    return upfirdn2d(x, k2, down=factor, pad0=(p + 1) // 2, pad1=p // 2)
+    k1 = _fir_kernel(k, gain=1.0)
+    p = len(k1) - factor
+    return upfirdn2d(x, k1, down=factor, pad0=(p + 1) // 2, pad1=p // 2)
 
 
 def naive_upsample_2d(x: Array, factor: int = 2) -> Array:
@@ -209,14 +224,14 @@ class FIRConv(nn.Module):
                        (self.kernel, self.kernel, x.shape[-1], self.features))
         dn = ("NHWC", "HWIO", "NHWC")
         if self.up:
-            k2 = _fir_kernel(self.fir_kernel, gain=4.0)
-            p = (k2.shape[0] - 2) - (self.kernel - 1)
+            k1 = _fir_kernel(self.fir_kernel, gain=4.0)
+            p = (len(k1) - 2) - (self.kernel - 1)
             x = jax.lax.conv_transpose(x, w, (2, 2), "VALID", dimension_numbers=dn)
-            x = upfirdn2d(x, k2, pad0=(p + 1) // 2 + 1, pad1=p // 2 + 1)
+            x = upfirdn2d(x, k1, pad0=(p + 1) // 2 + 1, pad1=p // 2 + 1)
         elif self.down:
-            k2 = _fir_kernel(self.fir_kernel, gain=1.0)
-            p = (k2.shape[0] - 2) + (self.kernel - 1)
-            x = upfirdn2d(x, k2, pad0=(p + 1) // 2, pad1=p // 2)
+            k1 = _fir_kernel(self.fir_kernel, gain=1.0)
+            p = (len(k1) - 2) + (self.kernel - 1)
+            x = upfirdn2d(x, k1, pad0=(p + 1) // 2, pad1=p // 2)
             x = jax.lax.conv_general_dilated(x, w, (2, 2), "VALID", dimension_numbers=dn)
         else:
             x = jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=dn)

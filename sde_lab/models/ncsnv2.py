@@ -210,6 +210,5 @@ SIZES: dict[str, dict] = {
     # ncsnv2_256 (129..256 px).
     "ncsnv2_256": dict(ch_mult=(1, 2, 2, 2, 4, 4), dilations=(1, 1, 1, 1, 2, 4),
                        refine_mult=(1, 1, 2, 2, 2, 4)),
-    "digits": dict(nf=32),
     "tiny": dict(nf=8),
 }
