@@ -63,6 +63,18 @@ def init_state(params, optimizer) -> TrainState:
                       ema_params=jax.tree.map(jnp.copy, params), opt_state=optimizer.init(params))
 
 
+def ema_decay(step, ema_rate: float):
+    """EMA decay at `step`: min(ema_rate, (1 + step) / (10 + step)).
+
+    The warm-up (TensorFlow's ExponentialMovingAverage with num_updates) keeps short runs
+    from averaging in the random initialisation: with a fixed 0.999, 1,500 steps leave
+    0.999^1500 = 22% of the initial weights in the EMA, which on the digits run turned
+    digit-like samples into noise (digits FID 464 vs the raw weights' digits).
+    """
+    step = jnp.asarray(step, jnp.float32)
+    return jnp.minimum(ema_rate, (1.0 + step) / (10.0 + step))
+
+
 def make_train_step(loss_fn: Callable, optimizer, ema_rate: float) -> Callable:
     """train_step(state, batch, keys, reduce_fn) -> (state, metrics).
 
@@ -78,7 +90,8 @@ def make_train_step(loss_fn: Callable, optimizer, ema_rate: float) -> Callable:
             loss, grads = reduce_fn((loss, grads))
             updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
             params = optax.apply_updates(state.params, updates)
-            ema = jax.tree.map(lambda e, p: ema_rate * e + (1.0 - ema_rate) * p,
+            decay = ema_decay(state.step, ema_rate)
+            ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p,
                                state.ema_params, params)
             metrics = {"loss": loss, "grad_norm": optax.global_norm(grads)}
             return TrainState(state.step + 1, params, ema, opt_state), metrics

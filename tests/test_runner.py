@@ -210,3 +210,14 @@ def test_dry_run_prints_config_and_parameter_count(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert "parameters: 61," in out.stdout  # DDPM++ cont.: 61.8M (score_sde)
     assert "ddpmpp_cont" in out.stdout
+
+
+def test_ema_decay_warms_up_then_holds_the_configured_rate():
+    from sde_lab.train import ema_decay
+
+    np.testing.assert_allclose(ema_decay(0, 0.999), 0.1)
+    np.testing.assert_allclose(ema_decay(90, 0.999), 91 / 100)
+    np.testing.assert_allclose(ema_decay(10**6, 0.999), 0.999)
+    # Weight left on the initial parameters after n steps: prod of decays -> 0 quickly.
+    left = np.prod([float(ema_decay(s, 0.999)) for s in range(1500)])
+    assert left < 1e-3 < 0.999**1500
