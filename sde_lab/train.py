@@ -251,9 +251,12 @@ def _gather_steps(dataset, base_key, step: int, n: int, global_batch: int):
     batches = [dataset.batch(step + i, global_batch, pi, pc) for i in range(n)]
     batch = {key: np.stack([b[key] for b in batches], 1) for key in batches[0]}
     local = global_batch // pc
-    keys = np.stack([
-        np.asarray(example_keys(jax.random.fold_in(base_key, step + i), global_batch))[
-            pi * local:(pi + 1) * local] for i in range(n)], 1)
+    # Keys are derived on the host CPU device: on an accelerator these small ops would
+    # otherwise queue behind the running train step and stall the input pipeline.
+    with jax.default_device(jax.devices("cpu")[0]):
+        keys = np.stack([
+            np.asarray(example_keys(jax.random.fold_in(base_key, step + i), global_batch))[
+                pi * local:(pi + 1) * local] for i in range(n)], 1)
     return batch, keys
 
 
