@@ -52,6 +52,7 @@ def _apply(config, variant):
     m, s, t = config.model, config.sde, config.train
     if variant.startswith("ncsnpp_ve"):
         s.name, s.sigma_max, s.t_min = "ve", 50.0, 1e-5
+        config.data.centered = False  # score_sde's VE models see [0, 1] data
         m.name, m.parameterization = "ncsnpp", "score"
         m.size = "ncsnpp_cont_deep" if variant.endswith("deep") else "ncsnpp_cont"
         config.sample.predictor, config.sample.corrector = "reverse_diffusion", "langevin"
@@ -70,6 +71,7 @@ def _apply(config, variant):
         config.sample.sampler = "ancestral"
     elif variant == "ncsnv2":
         s.name, s.sigma_min, s.sigma_max = "ve", 0.01, 50.0
+        config.data.centered = False
         m.name, m.size, m.parameterization = "ncsnv2", "cifar10", "score"
         t.loss, t.num_levels = "smld", 232
         config.sample.predictor, config.sample.corrector = "none", "annealed_langevin"

@@ -36,6 +36,7 @@ def get_default() -> ml_collections.ConfigDict:
     config.data = data = ml_collections.ConfigDict()
     data.dataset = "digits"               # digits | toy:<gmm|checkerboard|moons> | a TFDS name
     data.data_dir = ml_collections.FieldReference(None, field_type=str)  # TFDS data_dir
+    data.center_crop = 0                  # > 0: central square crop before resizing
     data.image_size = 8                   # images are resized to this (square)
     data.num_channels = 1
     data.num_levels = 17                  # quantization levels of the raw data (256 for uint8)

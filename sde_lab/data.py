@@ -180,8 +180,9 @@ class Dataset:
 
     def __init__(self, split: Split | None, *, toy=None, scaler: Scaler | None = None,
                  image_size: int | None = None, random_flip: bool = False,
-                 dequantize: bool = False, seed: int = 0):
+                 dequantize: bool = False, seed: int = 0, center_crop: int = 0):
         self.split, self.toy, self.scaler = split, toy, scaler
+        self.center_crop = center_crop
         self.image_size, self.random_flip, self.dequantize = image_size, random_flip, dequantize
         self.seed = seed
 
@@ -215,12 +216,24 @@ class Dataset:
             return {"x": x, "label": np.zeros((local,), np.int32)}
         idx = self._positions(step, batch_size)[lo:hi]
         levels, labels = self.split.get(idx)
+        levels = self._crop(levels)
         u = rng.uniform(size=(batch_size,) + levels.shape[1:])[lo:hi] if self.dequantize else None
         x = self.scaler.to_model(levels, u)
         if self.random_flip:
             flip = rng.uniform(size=batch_size)[lo:hi] < 0.5
             x = np.where(flip[:, None, None, None], x[:, :, ::-1], x)
         return {"x": self._resize(x), "label": labels.astype(np.int32)}
+
+    def _crop(self, levels: np.ndarray) -> np.ndarray:
+        """Central crop_size x crop_size square (score_sde's CelebA: 140, before resizing)."""
+        c = self.center_crop
+        if not c:
+            return levels
+        h, w = levels.shape[1:3]
+        if c > min(h, w):
+            raise ValueError(f"data.center_crop={c} is larger than the {h}x{w} images")
+        top, left = (h - c) // 2, (w - c) // 2
+        return levels[:, top:top + c, left:left + c]
 
     def _resize(self, x: np.ndarray) -> np.ndarray:
         if self.image_size is None or x.shape[1] == self.image_size:
@@ -233,6 +246,7 @@ class Dataset:
     def levels(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         """Raw integer images [start, stop) in dataset order (eval: bits/dim, reference FID)."""
         levels, labels = self.split.get(np.arange(start, min(stop, len(self.split))))
+        levels = self._crop(levels)
         if self.image_size is not None and levels.shape[1] != self.image_size:
             raise ValueError(f"eval images are {levels.shape[1]}x{levels.shape[1]} but "
                              f"data.image_size={self.image_size}; bits/dim needs raw pixels")
@@ -249,7 +263,7 @@ class Dataset:
 def make(dataset: str, split: str, *, num_levels: int = 256, centered: bool = True,
          image_size: int | None = None, random_flip: bool = False,
          uniform_dequantization: bool = False, data_dir: str | None = None, toy_dim: int = 2,
-         seed: int = 0, train: bool = True) -> Dataset:
+         seed: int = 0, train: bool = True, center_crop: int = 0) -> Dataset:
     """Builds a dataset: "digits", "toy:<gmm|checkerboard|moons>", or any prepared TFDS name.
 
     Raises:
@@ -257,7 +271,7 @@ def make(dataset: str, split: str, *, num_levels: int = 256, centered: bool = Tr
       FileNotFoundError: a TFDS dataset that is not prepared (with the command to prepare it).
     """
     scaler = Scaler(num_levels, centered)
-    common = dict(scaler=scaler, image_size=image_size, seed=seed,
+    common = dict(scaler=scaler, image_size=image_size, seed=seed, center_crop=center_crop,
                   random_flip=random_flip and train, dequantize=uniform_dequantization and train)
     if dataset.startswith("toy:"):
         return Dataset(None, toy=toy_distribution(dataset[4:], toy_dim), seed=seed)

@@ -262,7 +262,7 @@ def make_dataset(config, split: str, train: bool) -> data_lib.Dataset:
                              image_size=d.image_size, random_flip=d.random_flip,
                              uniform_dequantization=d.uniform_dequantization,
                              data_dir=d.data_dir or None, toy_dim=d.toy_dim, seed=config.seed,
-                             train=train)
+                             train=train, center_crop=d.center_crop)
     except (ValueError, FileNotFoundError) as e:
         raise ConfigError(str(e)) from None
 

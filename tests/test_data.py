@@ -95,3 +95,15 @@ def test_image_grid_layout():
     grid = data.image_grid(imgs, ncol=3)
     assert grid.shape == (2 * 3 + 1, 3 * 3 + 1, 1)
     assert grid[1, 1, 0] == 0 and grid[1, 4, 0] == 1 and grid[4, 4, 0] == 4 and grid[4, 7, 0] == 255
+
+
+def test_center_crop_takes_the_central_square():
+    levels = np.arange(6 * 6).reshape(1, 6, 6, 1).repeat(4, 0)
+    ds = data.Dataset(data.ArraySplit(levels, np.zeros(4, np.int32)),
+                      scaler=data.Scaler(256, centered=False), center_crop=2)
+    got, _ = ds.levels(0, 1)
+    np.testing.assert_array_equal(got[0, :, :, 0], [[14, 15], [20, 21]])
+    assert ds.batch(0, 2)["x"].shape == (2, 2, 2, 1)
+    with pytest.raises(ValueError, match="data.center_crop=8 is larger than the 6x6 images"):
+        data.Dataset(data.ArraySplit(levels, np.zeros(4, np.int32)), scaler=data.Scaler(256),
+                     center_crop=8).levels(0, 1)

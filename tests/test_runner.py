@@ -221,3 +221,21 @@ def test_ema_decay_warms_up_then_holds_the_configured_rate():
     # Weight left on the initial parameters after n steps: prod of decays -> 0 quickly.
     left = np.prod([float(ema_decay(s, 0.999)) for s in range(1500)])
     assert left < 1e-3 < 0.999**1500
+
+
+CONFIG_FILES = sorted(f for f in os.listdir(os.path.join(ROOT, "configs"))
+                      if f.endswith(".py") and f not in ("__init__.py", "default.py",
+                                                         "runlocal.py", "cifar10.py"))
+
+
+@pytest.mark.parametrize("name", CONFIG_FILES)
+def test_every_config_and_its_runlocal_variant_build(name):
+    """Each experiment file builds its SDE, network and sampler (no data, no compile)."""
+    from sde_lab import run
+
+    for variant in ("", ":runlocal"):
+        config = _load_config(f"configs/{name}{variant}")
+        exp = run.build(config)
+        exp.sampler()
+        if variant:
+            assert config.train.num_steps <= 100 and config.model.size == "tiny"
