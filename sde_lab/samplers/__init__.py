@@ -22,7 +22,8 @@ Tweedie denoiser x0_hat(x, t) = (x + sigma^2 score(x, t)) / alpha = E[x_0 | x_t 
 | `ancestral`        | exact Gaussian posterior q(x_s | x_t, x0_hat)      | N            |
 | `ddim`             | DDIM (Song et al. 2021a), `eta` 0 = deterministic  | N            |
 | `heun`             | EDM Algorithm 2, rho grid, optional churn (order 2)| 2N           |
-| `dpm_solver++`     | DPM-Solver++(2M), lambda-uniform grid (order 2)    | N            |
+| `dpm_solver++`     | DPM-Solver++(2M) / (3M) with `order=3`, lambda grid| N            |
+| `unipc`            | UniPC-p (multistep + UniC corrector, order p + 1)  | N            |
 | `pc`               | predictor + `langevin` / `annealed_langevin` corrector | N (p + k)    |
 | `ode`              | probability-flow ODE, diffrax Tsit5/Dopri5 + PID   | adaptive     |
 | `sra`              | reverse SDE, diffrax ShARK/SRA1 (additive noise)   | 2N           |
@@ -49,11 +50,12 @@ from typing import Callable
 from sde_lab.samplers.common import SampleFn
 from sde_lab.samplers.diffrax_solvers import ode, sra
 from sde_lab.samplers.fixed_grid import (ancestral, ddim, dpm_solver_pp, euler_maruyama, heun,
-                                         pc, reverse_diffusion)
+                                         pc, reverse_diffusion, unipc)
 from sde_lab.samplers.steps import CORRECTORS, PREDICTORS
 
 __all__ = ["available", "correctors", "make", "predictors", "ancestral", "ddim",
-           "dpm_solver_pp", "euler_maruyama", "heun", "ode", "pc", "reverse_diffusion", "sra"]
+           "dpm_solver_pp", "euler_maruyama", "heun", "ode", "pc", "reverse_diffusion", "sra",
+           "unipc"]
 
 
 _REGISTRY: dict[str, Callable[..., SampleFn]] = {
@@ -66,6 +68,7 @@ _REGISTRY: dict[str, Callable[..., SampleFn]] = {
     "ddim": ddim,
     "heun": heun,
     "dpm_solver++": dpm_solver_pp,
+    "unipc": unipc,
 }
 
 

@@ -10,7 +10,8 @@ import lineax
 
 from sde_lab import sdes
 from sde_lab.samplers.common import (GRIDS, Ctx, SampleFn, ScoreFn, bt, check, check_choice,
-                                     check_positive_int, finish, guided, resolve_t_min)
+                                     check_positive_int, finish, guided, resolve_t_min,
+                                     time_grid)
 from sde_lab.sdes import expand_to
 
 # NFE per step: Tsit5 and Dopri5 are FSAL 7-stage methods (6 new evaluations per attempted
@@ -87,7 +88,7 @@ def sra(num_steps: int = 100, solver: str = "shark", grid: str = "linear",
         # resolution is set from its smallest step. StepTo takes exactly num_steps steps,
         # so diffrax's max_steps error check (a host callback) is not needed: throw=False.
         with jax.ensure_compile_time_eval():
-            taus = sde.T - GRIDS[grid](ctx, num_steps, tmin, 7.0, x.dtype)
+            taus = sde.T - time_grid(ctx, grid, num_steps, tmin, dtype=x.dtype)
             tol = float(jnp.min(jnp.diff(taus))) / 16
 
         def drift(tau, y, args):

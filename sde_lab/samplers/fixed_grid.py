@@ -7,19 +7,22 @@ import jax.numpy as jnp
 
 from sde_lab.samplers.common import (GRIDS, Ctx, ProjectFn, SampleFn, ScoreFn, bt, check,
                                      check_choice, check_positive_int, finish, guided,
-                                     resolve_t_min)
+                                     resolve_t_min, time_grid)
 from sde_lab.samplers.steps import CORRECTORS, PREDICTORS, Predictor
 
 
 def fixed_grid(name: str, predictor: Predictor, num_steps: int, corrector=None,
                corrector_nfe: int = 0, t_min: float | None = None, denoise: bool = True,
-               grid: str | None = None, rho: float = 7.0, project_fn: ProjectFn | None = None,
-               guidance_fn: ScoreFn | None = None, needs=()) -> SampleFn:
+               grid: str | None = None, rho: float = 7.0, sigma_max: float | None = None,
+               project_fn: ProjectFn | None = None, guidance_fn: ScoreFn | None = None,
+               needs=()) -> SampleFn:
     """The sampler that scans (corrector, project, predictor, project) over the grid's
     num_steps intervals from T to t_min, then denoises. `needs`: SDE methods it uses."""
     grid = predictor.grid if grid is None else grid
     check_choice(name, "grid", grid, GRIDS)
     check(rho > 0, f"{name}: rho must be > 0, got {rho}")
+    check(sigma_max is None or sigma_max > 0,
+          f"{name}: sigma_max must be > 0 or None, got {sigma_max}")
 
     def sample_fn(key, sde, score_fn, shape):
         tmin = resolve_t_min(name, sde, t_min, needs)
@@ -29,7 +32,11 @@ def fixed_grid(name: str, predictor: Predictor, num_steps: int, corrector=None,
         # The grid depends on the SDE's constants only: compute it eagerly, so that a step
         # that is undefined on it fails here with a clear message.
         with jax.ensure_compile_time_eval():
-            ts = GRIDS[grid](ctx, num_steps, tmin, rho, x.dtype)
+            if sigma_max is not None:
+                s_min = float(ctx.sigma_edm(jnp.asarray(tmin, x.dtype)))
+                check(sigma_max > s_min, f"{name}: sigma_max={sigma_max} must exceed the "
+                      f"noise level sigma/alpha = {s_min:.4g} at t_min={tmin}")
+            ts = time_grid(ctx, grid, num_steps, tmin, rho, sigma_max, x.dtype)
             predictor.validate(sde, ts)
 
         def body(state, inputs):
@@ -109,37 +116,45 @@ def ddim(num_steps: int = 50, eta: float = 0.0, t_min: float | None = None,
 
 def heun(num_steps: int = 18, rho: float = 7.0, churn: float = 0.0, s_tmin: float = 0.0,
          s_tmax: float = float("inf"), s_noise: float = 1.0, t_min: float | None = None,
-         denoise: bool = True, grid: str = "edm", project_fn: ProjectFn | None = None,
-         guidance_fn: ScoreFn | None = None) -> SampleFn:
+         denoise: bool = True, grid: str = "edm", sigma_max: float | None = None,
+         project_fn: ProjectFn | None = None, guidance_fn: ScoreFn | None = None) -> SampleFn:
     """EDM's second-order Heun sampler (Karras et al. 2022, Algorithms 1-2) for any linear
     SDE, on the rho-spaced grid of sigma = std / mean_coeff from T to t_min.
 
     NFE = 2 num_steps (+1 with denoise, which is EDM's final Euler step to sigma = 0: EDM's
     N = 18 levels / 35 NFE are num_steps = 17 here). Deterministic when churn = 0, then
     global order 2. Churn options as in EDM Table 5 (S_churn, S_tmin, S_tmax, S_noise).
+    `sigma_max` (EDM's sigma_max, e.g. 80): where the grid starts below T (see
+    `common.time_grid`).
     """
     check_positive_int("heun", "num_steps", num_steps)
     check(churn >= 0 and s_noise >= 0, f"heun: churn and s_noise must be >= 0, got "
           f"churn={churn}, s_noise={s_noise}")
     predictor = PREDICTORS["heun"](num_steps, churn, s_tmin, s_tmax, s_noise)
     return fixed_grid("heun", predictor, num_steps, t_min=t_min, denoise=denoise, rho=rho,
-                      grid=grid, project_fn=project_fn, guidance_fn=guidance_fn,
+                      grid=grid, sigma_max=sigma_max, project_fn=project_fn,
+                      guidance_fn=guidance_fn,
                       needs=("log_snr", "t_from_log_snr"))
 
 
-def dpm_solver_pp(num_steps: int = 20, grid: str = "logsnr", lower_order_final: bool = True,
+def dpm_solver_pp(num_steps: int = 20, order: int = 2, grid: str = "logsnr",
+                  lower_order_final: bool = True, sigma_max: float | None = None,
                   t_min: float | None = None, denoise: bool = True,
                   project_fn: ProjectFn | None = None,
                   guidance_fn: ScoreFn | None = None) -> SampleFn:
     """DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++", Algorithm 2): multistep, second
     order, deterministic, 1 NFE per step (+1 with denoise). `grid`: "logsnr" (uniform in
     lambda, the paper's choice for pixel-space models at low resolution), "linear" (uniform
-    t) or "edm" (rho = 7)."""
+    t) or "edm" (rho = 7). `order` 1 (= DDIM), 2 (2M, default, the paper's choice for
+    guided sampling) or 3 (3M, the authors' code; better unguided). `sigma_max`: where the
+    grid starts below T (see `common.time_grid`)."""
     check_positive_int("dpm_solver++", "num_steps", num_steps)
     check_choice("dpm_solver++", "grid", grid, GRIDS)
-    predictor = PREDICTORS["dpm_solver++"](num_steps, lower_order_final)
+    check_choice("dpm_solver++", "order", order, (1, 2, 3))
+    predictor = PREDICTORS["dpm_solver++"](num_steps, lower_order_final, order)
     return fixed_grid("dpm_solver++", predictor, num_steps, t_min=t_min, denoise=denoise,
-                      grid=grid, project_fn=project_fn, guidance_fn=guidance_fn,
+                      grid=grid, sigma_max=sigma_max, project_fn=project_fn,
+                      guidance_fn=guidance_fn,
                       needs=("log_snr", "t_from_log_snr"))
 
 
@@ -171,3 +186,28 @@ def pc(predictor: str = "reverse_diffusion", corrector: str = "langevin", snr: f
                       corrector_nfe=0 if corr is None else n_steps_each, t_min=t_min,
                       denoise=denoise, grid=grid, project_fn=project_fn,
                       guidance_fn=guidance_fn, needs=("transition",))
+
+
+def unipc(num_steps: int = 20, order: int = 3, variant: str = "bh2", grid: str = "logsnr",
+          lower_order_final: bool = True, sigma_max: float | None = None,
+          t_min: float | None = None, denoise: bool = True,
+          project_fn: ProjectFn | None = None,
+          guidance_fn: ScoreFn | None = None) -> SampleFn:
+    """UniPC (Zhao et al. 2023), multistep predictor-corrector in data prediction: UniP of
+    `order` (1-3; order 2 is DPM-Solver++(2M)) plus the UniC corrector, which uses each new
+    score evaluation twice (to correct the point it was evaluated at, and for the next
+    step), so order + 1 at 1 NFE per step (+1 with denoise). `variant`: B(h) = expm1(h)
+    ("bh2", the authors' choice for unconditional sampling) or h ("bh1"). `project_fn`
+    sees the predicted points (the correction of step i happens inside step i + 1).
+    `order` up to 4 (UniP-4 + UniC: order 5; high orders suit unguided sampling only, as
+    for all multistep methods). `sigma_max`: where the grid starts below T (see
+    `common.time_grid`)."""
+    check_positive_int("unipc", "num_steps", num_steps)
+    check_choice("unipc", "order", order, (1, 2, 3, 4))
+    check_choice("unipc", "variant", variant, ("bh1", "bh2"))
+    check_choice("unipc", "grid", grid, GRIDS)
+    predictor = PREDICTORS["unipc"](num_steps, order, variant, lower_order_final)
+    return fixed_grid("unipc", predictor, num_steps, t_min=t_min, denoise=denoise, grid=grid,
+                      sigma_max=sigma_max, project_fn=project_fn,
+                      guidance_fn=guidance_fn,
+                      needs=("log_snr", "t_from_log_snr"))

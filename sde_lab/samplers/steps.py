@@ -8,6 +8,7 @@ A predictor is `step(ctx, key, x, carry, t, s) -> (x, carry)` with scalar times 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Callable
 
@@ -146,28 +147,144 @@ def _heun(num_steps: int, churn: float = 0.0, s_tmin: float = 0.0,
     return Predictor(2, step, grid="edm")
 
 
-def _dpm_solver_pp(num_steps: int, lower_order_final: bool = True) -> Predictor:
-    """DPM-Solver++(2M) (Lu et al. 2022b, Algorithm 2), data prediction, 1 NFE/step:
-    x_s = (sigma_s / sigma_t) x_t - alpha_s expm1(-h) D, h = lambda_s - lambda_t,
-    D = (1 + 1/(2r)) x0_hat_t - 1/(2r) x0_hat_prev, r = h_prev / h; the first step (and,
-    with lower_order_final and num_steps < 15, the last, as in the authors' code) uses
-    D = x0_hat_t. Deterministic, second order."""
-    first_order_last = lower_order_final and num_steps < 15
+def _dpm_solver_pp(num_steps: int, lower_order_final: bool = True,
+                   order: int = 2) -> Predictor:
+    """DPM-Solver++ multistep (Lu et al. 2022b, Algorithm 2 and the authors' 3M update),
+    data prediction, 1 NFE/step, with m_j the Tweedie x0_hat at the last grid times
+    (m_0 now), h = lambda_s - lambda_t and phi_1 = expm1(-h):
+
+      order 1:  x_s = (sigma_s / sigma_t) x_t - alpha_s phi_1 m_0          (= DDIM)
+      order 2:  ... with m_0 -> m_0 + (m_0 - m_1) / (2 r_0),  r_0 = h_prev / h
+      order 3:  x_s = (sigma_s / sigma_t) x_t - alpha_s [phi_1 m_0 - phi_2 D_1 + phi_3 D_2],
+                phi_2 = phi_1 / h + 1, phi_3 = phi_2 / h - 1/2, with D_1 ~ h m' and
+                D_2 ~ h^2 m'' the first and second derivatives of m(lambda) from divided
+                differences. Note D_2 = 2 (D1_0 - D1_1) / (r_0 + r_1): the 3M update
+                widely copied from k-diffusion uses half of it, which matches the Taylor
+                expansion only to first order in m'' and leaves that method second order
+                (measured global slope 2.1-2.3 vs 3 here; see the tests).
+
+    Step i uses order min(order, i + 1) (too little history at the start) and, with
+    lower_order_final and num_steps < 15, the last steps drop to order num_steps - i as in
+    the authors' code (their lower_order_final). Deterministic.
+    """
 
     def step(ctx, key, x, carry, t, s):
-        x0_prev, h_prev, i = carry
-        mean_t, std_t = ctx.sde.marginal(t)
+        m1, m2, h1, h2, i = carry           # x0_hat and step size one and two steps back
         mean_s, std_s = ctx.sde.marginal(s)
+        std_t = ctx.sde.marginal(t)[1]
         h = 0.5 * (ctx.sde.log_snr(s) - ctx.sde.log_snr(t))
-        x0 = ctx.x0(x, t)
-        half_inv_r = 0.5 * h / jnp.where(i == 0, h, h_prev)
-        first = (i == 0) | (first_order_last & (i == num_steps - 1))
-        d = jnp.where(first, x0, (1 + half_inv_r) * x0 - half_inv_r * x0_prev)
-        x = (std_s / std_t) * x - mean_s * jnp.expm1(-h) * d
-        return x, (x0, h, i + 1)
+        m0 = ctx.x0(x, t)
+        phi_1 = jnp.expm1(-h)
+        k = jnp.minimum(order, i + 1)
+        if lower_order_final and num_steps < 15:
+            k = jnp.minimum(k, num_steps - i)
+        # Divided differences; the guards only keep unused branches finite at i = 0, 1.
+        r0 = jnp.where(i >= 1, h1, h) / h
+        r1 = jnp.where(i >= 2, h2, h) / h
+        d1_0 = (m0 - m1) / r0
+        d1_1 = (m1 - m2) / r1
+        sigma_ratio = std_s / std_t
+        x1 = sigma_ratio * x - mean_s * phi_1 * m0
+        x2 = x1 - mean_s * phi_1 * 0.5 * d1_0
+        if order >= 3:
+            phi_2 = phi_1 / h + 1.0
+            phi_3 = phi_2 / h - 0.5
+            d1 = d1_0 + r0 / (r0 + r1) * (d1_0 - d1_1)
+            d2 = 2.0 * (d1_0 - d1_1) / (r0 + r1)
+            x3 = x1 + mean_s * (phi_2 * d1 - phi_3 * d2)
+            x = jnp.where(k >= 3, x3, jnp.where(k == 2, x2, x1))
+        else:
+            x = jnp.where(k >= 2, x2, x1)
+        return x, (m0, m1, h, h1, i + 1)
 
     def init(x):
-        return jnp.zeros_like(x), jnp.zeros((), x.dtype), jnp.zeros((), jnp.int32)
+        zero = jnp.zeros((), x.dtype)
+        return jnp.zeros_like(x), jnp.zeros_like(x), zero, zero, jnp.zeros((), jnp.int32)
+
+    return Predictor(1, step, init, grid="logsnr")
+
+
+def _unipc_coefficients(h: Array, rks: list, variant: str):
+    """UniPC's weights for k = len(rks) points (Zhao et al. 2023, Algorithms 1-2 with
+    data prediction): rks = [r_1, ..., r_{k-1}, 1], r_j = (lambda_{t_j} - lambda_t) / h the
+    earlier grid times relative to the step (r_j < 0) and 1 for the new time s.
+
+    Returns (B(h), predictor weights for the k - 1 earlier differences, corrector weights
+    for all k differences). The weights solve R rho = b with R_ij = r_j^(i-1) and
+    b_i = i! phi_{i+1}(h) / B(h) (phi of -h, data prediction); order-2 predictors and
+    order-1 correctors use the paper's fixed 1/2."""
+    hh = -h
+    h_phi_1 = jnp.expm1(hh)
+    b_h = jnp.expm1(hh) if variant == "bh2" else hh
+    k = len(rks)
+    b, h_phi_k, factorial = [], h_phi_1 / hh - 1.0, 1.0
+    for i in range(1, k + 1):
+        b.append(h_phi_k * factorial / b_h)
+        factorial *= i + 1
+        h_phi_k = h_phi_k / hh - 1.0 / factorial
+    big_r = jnp.stack([jnp.stack([r ** (i - 1) for r in rks]) for i in range(1, k + 1)])
+    b = jnp.stack(b)
+    if k == 1:
+        rho_p, rho_c = [], [0.5]
+    else:
+        rho_p = ([0.5] if k == 2 else
+                 list(jnp.linalg.solve(big_r[:-1, :-1], b[:-1])))
+        rho_c = list(jnp.linalg.solve(big_r, b))
+    return b_h, rho_p, rho_c
+
+
+def _unipc(num_steps: int, order: int = 3, variant: str = "bh2",
+           lower_order_final: bool = True) -> Predictor:
+    """UniPC (Zhao et al. 2023): the UniP-k multistep predictor (k = order, the
+    DPM-Solver++ family) with the UniC corrector, which re-uses the score evaluated at the
+    predicted point to correct it, raising the order by one at no extra NFE.
+
+    In this scan a step from t to s (1 NFE) evaluates x0_hat at the predicted x_t, applies
+    the previous step's corrector with it (from step 1 on), and predicts x_s. The last
+    prediction is not corrected (that would cost one more NFE), as in the authors' code.
+    Step i uses order min(order, i + 1) and, with lower_order_final and num_steps < 15
+    (the rule of `dpm_solver++`), min(., num_steps - i): low orders are more stable with
+    few, large steps; with more steps a first-order last step would cap the global order
+    at 2 (measured on the 2-D benchmark at 20 NFE, order 4: 0.00094 with it, 0.00078
+    without).
+    """
+
+    def step(ctx, key, x, carry, t, s):
+        m_hist, lam_hist, x_base, corr, coef, rho_last, i = carry
+        lam_t = 0.5 * ctx.sde.log_snr(t)
+        lam_s = 0.5 * ctx.sde.log_snr(s)
+        mean_s, std_s = ctx.sde.marginal(s)
+        std_t = ctx.sde.marginal(t)[1]
+        m = ctx.x0(x, t)
+        # UniC for the previous step: its new-point difference is m - m(previous time).
+        x = jnp.where(i > 0, x_base - coef * (corr + rho_last * (m - m_hist[0])), x)
+        m_hist = (m,) + m_hist[:-1]
+        lam_hist = jnp.concatenate([lam_t[None], lam_hist[:-1]])
+        h = lam_s - lam_t
+        x_base = (std_s / std_t) * x - mean_s * jnp.expm1(-h) * m
+        k_now = jnp.minimum(order, i + 1)
+        if lower_order_final and num_steps < 15:
+            k_now = jnp.minimum(k_now, num_steps - i)
+        outs = []
+        for k in range(1, order + 1):
+            # Earlier points j = 1 .. k-1; the guard keeps unused orders finite early on.
+            rks = [jnp.where(i >= j, (lam_hist[j] - lam_t) / h, -float(j)) for j in
+                   range(1, k)]
+            d1s = [(m_hist[j] - m) / rks[j - 1] for j in range(1, k)]
+            b_h, rho_p, rho_c = _unipc_coefficients(h, rks + [jnp.ones_like(h)], variant)
+            pred = sum((r * d for r, d in zip(rho_p, d1s)), jnp.zeros_like(x))
+            corr_k = sum((r * d for r, d in zip(rho_c[:-1], d1s)), jnp.zeros_like(x))
+            outs.append((x_base - mean_s * b_h * pred, corr_k, mean_s * b_h, rho_c[-1]))
+        pick = lambda *vals: functools.reduce(  # noqa: E731
+            lambda acc, kv: jnp.where(k_now == kv[0], kv[1], acc),
+            enumerate(vals[1:], start=2), vals[0])
+        x_pred, corr, coef, rho_last = (pick(*v) for v in zip(*outs))
+        return x_pred, (m_hist, lam_hist, x_base, corr, coef, rho_last, i + 1)
+
+    def init(x):
+        zero = jnp.zeros((), x.dtype)
+        return (tuple(jnp.zeros_like(x) for _ in range(order)), jnp.zeros((order,), x.dtype),
+                jnp.zeros_like(x), jnp.zeros_like(x), zero, zero, jnp.zeros((), jnp.int32))
 
     return Predictor(1, step, init, grid="logsnr")
 
@@ -184,6 +301,7 @@ PREDICTORS: dict[str, Callable[..., Predictor]] = {
     "ddim": _ddim,
     "heun": _heun,
     "dpm_solver++": _dpm_solver_pp,
+    "unipc": _unipc,
     "none": _no_predictor,
 }
 
