@@ -250,41 +250,52 @@ def _unipc(num_steps: int, order: int = 3, variant: str = "bh2",
     """
 
     def step(ctx, key, x, carry, t, s):
-        m_hist, lam_hist, x_base, corr, coef, rho_last, i = carry
+        # m_prev: x0_hat at the order - 1 previous grid times (latest first), lam_prev their
+        # lambdas; the previous step's UniC correction is x_corr = base - c_new * m, with
+        # everything but the new evaluation m folded into `base` (at i = 0: base = x,
+        # c_new = 0, so x is unchanged).
+        m_prev, lam_prev, base, c_new, i = carry
         lam_t = 0.5 * ctx.sde.log_snr(t)
         lam_s = 0.5 * ctx.sde.log_snr(s)
         mean_s, std_s = ctx.sde.marginal(s)
         std_t = ctx.sde.marginal(t)[1]
         m = ctx.x0(x, t)
-        # UniC for the previous step: its new-point difference is m - m(previous time).
-        x = jnp.where(i > 0, x_base - coef * (corr + rho_last * (m - m_hist[0])), x)
-        m_hist = (m,) + m_hist[:-1]
-        lam_hist = jnp.concatenate([lam_t[None], lam_hist[:-1]])
+        x = base - c_new * m
         h = lam_s - lam_t
-        x_base = (std_s / std_t) * x - mean_s * jnp.expm1(-h) * m
         k_now = jnp.minimum(order, i + 1)
         if lower_order_final and num_steps < 15:
             k_now = jnp.minimum(k_now, num_steps - i)
-        outs = []
+        # Earlier points j = 1 .. order - 1 (the guard keeps unused ones finite early on);
+        # order k uses the first k - 1. Only scalar weights depend on k: they are selected,
+        # then each combination of the differences is formed once.
+        rks = [jnp.where(i >= j, (lam_prev[j - 1] - lam_t) / h, -float(j))
+               for j in range(1, order)]
+        d1s = [(m_j - m) / r for m_j, r in zip(m_prev, rks)]
+        zero = jnp.zeros_like(h)
+        w_pred, w_corr, w_last = [zero] * (order - 1), [zero] * (order - 1), zero
         for k in range(1, order + 1):
-            # Earlier points j = 1 .. k-1; the guard keeps unused orders finite early on.
-            rks = [jnp.where(i >= j, (lam_hist[j] - lam_t) / h, -float(j)) for j in
-                   range(1, k)]
-            d1s = [(m_hist[j] - m) / rks[j - 1] for j in range(1, k)]
-            b_h, rho_p, rho_c = _unipc_coefficients(h, rks + [jnp.ones_like(h)], variant)
-            pred = sum((r * d for r, d in zip(rho_p, d1s)), jnp.zeros_like(x))
-            corr_k = sum((r * d for r, d in zip(rho_c[:-1], d1s)), jnp.zeros_like(x))
-            outs.append((x_base - mean_s * b_h * pred, corr_k, mean_s * b_h, rho_c[-1]))
-        pick = lambda *vals: functools.reduce(  # noqa: E731
-            lambda acc, kv: jnp.where(k_now == kv[0], kv[1], acc),
-            enumerate(vals[1:], start=2), vals[0])
-        x_pred, corr, coef, rho_last = (pick(*v) for v in zip(*outs))
-        return x_pred, (m_hist, lam_hist, x_base, corr, coef, rho_last, i + 1)
+            b_h, rho_p, rho_c = _unipc_coefficients(h, rks[:k - 1] + [jnp.ones_like(h)],
+                                                    variant)
+            pad = [zero] * (order - k)
+            sel = k_now == k
+            w_pred = [jnp.where(sel, a, b) for a, b in zip(list(rho_p) + pad, w_pred)]
+            w_corr = [jnp.where(sel, a, b) for a, b in zip(list(rho_c[:-1]) + pad, w_corr)]
+            w_last = jnp.where(sel, rho_c[-1], w_last)
+        coef = mean_s * b_h      # B(h) does not depend on k
+        x_base = (std_s / std_t) * x - mean_s * jnp.expm1(-h) * m
+        pred = x_base - coef * sum((w * d for w, d in zip(w_pred, d1s)), jnp.zeros_like(x))
+        # UniC at s: x_base - coef * (sum_j w_corr_j d1s_j + w_last (m_s - m)).
+        base = x_base - coef * (sum((w * d for w, d in zip(w_corr, d1s)), jnp.zeros_like(x))
+                                - w_last * m)
+        carry = (((m,) + m_prev)[:order - 1],
+                 jnp.concatenate([lam_t[None], lam_prev])[:lam_prev.shape[0]], base,
+                 coef * w_last, i + 1)
+        return pred, carry
 
     def init(x):
         zero = jnp.zeros((), x.dtype)
-        return (tuple(jnp.zeros_like(x) for _ in range(order)), jnp.zeros((order,), x.dtype),
-                jnp.zeros_like(x), jnp.zeros_like(x), zero, zero, jnp.zeros((), jnp.int32))
+        return (tuple(jnp.zeros_like(x) for _ in range(order - 1)),
+                jnp.zeros((max(order - 1, 1),), x.dtype), x, zero, jnp.zeros((), jnp.int32))
 
     return Predictor(1, step, init, grid="logsnr")
 
