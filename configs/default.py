@@ -7,6 +7,7 @@ override fails with the closest valid field names.
 """
 
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 
 def get_default() -> ml_collections.ConfigDict:
@@ -85,6 +86,8 @@ def get_default() -> ml_collections.ConfigDict:
     sample.corrector = "langevin"         # pc only: langevin | annealed_langevin | none
     sample.snr = 0.16                     # pc corrector signal-to-noise ratio
     sample.n_steps_each = 1               # pc corrector steps per noise level
+    sample.order = placeholder(int)       # dpm_solver++ (2, 3), unipc (1-4); None: default
+    sample.sigma_max = placeholder(float)  # heun, dpm_solver++, unipc: grid start (EDM's)
     sample.rtol = 1e-5                    # ode
     sample.atol = 1e-5                    # ode
     sample.denoise = True                 # final Tweedie denoising step where defined

@@ -199,7 +199,8 @@ def sampler_options(sample_cfg, **overrides) -> dict[str, Any]:
     name = cfg.pop("sampler")
     _choice("sample.sampler", name, samplers.available())
     accepted = inspect.signature(samplers._REGISTRY[name]).parameters  # noqa: SLF001
-    opts = {k: v for k, v in cfg.items() if k in accepted}
+    # None (an unset placeholder such as sample.order) means the sampler's own default.
+    opts = {k: v for k, v in cfg.items() if k in accepted and v is not None}
     return {"name": name, **opts}
 
 
@@ -227,7 +228,10 @@ def validate(config, workdir: str, mode: str) -> Experiment:
     _choice("parallel.mode", config.parallel.mode, PARALLEL_MODES)
     _choice("train.loss", config.train.loss, ["dsm", "ddpm", "smld", "vdm_vlb"])
     exp = build(config)
-    exp.sampler()  # validates the sampler name and its options
+    try:
+        exp.sampler()  # validates the sampler name and its options
+    except ValueError as e:   # e.g. sample.order=7 for unipc: one line, not a traceback
+        raise ConfigError(f"config.sample: {e}") from None
     mesh = parallel.make_mesh()
     try:
         parallel.check_batch_size(config.train.batch_size, mesh, "train.batch_size")
