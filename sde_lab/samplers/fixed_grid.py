@@ -142,12 +142,13 @@ def dpm_solver_pp(num_steps: int = 20, order: int = 2, grid: str = "logsnr",
                   t_min: float | None = None, denoise: bool = True,
                   project_fn: ProjectFn | None = None,
                   guidance_fn: ScoreFn | None = None) -> SampleFn:
-    """DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++", Algorithm 2): multistep, second
-    order, deterministic, 1 NFE per step (+1 with denoise). `grid`: "logsnr" (uniform in
-    lambda, the paper's choice for pixel-space models at low resolution), "linear" (uniform
-    t) or "edm" (rho = 7). `order` 1 (= DDIM), 2 (2M, default, the paper's choice for
-    guided sampling) or 3 (3M, the authors' code; better unguided). `sigma_max`: where the
-    grid starts below T (see `common.time_grid`)."""
+    """DPM-Solver++ multistep (Lu et al. 2022, "DPM-Solver++", Algorithm 2 for 2M):
+    deterministic, 1 NFE per step (+1 with denoise). `order`: 1 (= DDIM), 2 (2M, the
+    default, the paper's choice for guided sampling) or 3 (3M, third order; see
+    `steps._dpm_solver_pp` for how it differs from the widely copied 3M). `grid`: "logsnr"
+    (uniform in lambda, the paper's choice for pixel-space models at low resolution),
+    "linear" (uniform t) or "edm" (rho = 7). `sigma_max`: where the grid starts below T
+    (see `common.time_grid`)."""
     check_positive_int("dpm_solver++", "num_steps", num_steps)
     check_choice("dpm_solver++", "grid", grid, GRIDS)
     check_choice("dpm_solver++", "order", order, (1, 2, 3))
@@ -193,15 +194,16 @@ def unipc(num_steps: int = 20, order: int = 3, variant: str = "bh2", grid: str =
           t_min: float | None = None, denoise: bool = True,
           project_fn: ProjectFn | None = None,
           guidance_fn: ScoreFn | None = None) -> SampleFn:
-    """UniPC (Zhao et al. 2023), multistep predictor-corrector in data prediction: UniP of
-    `order` (1-3; order 2 is DPM-Solver++(2M)) plus the UniC corrector, which uses each new
-    score evaluation twice (to correct the point it was evaluated at, and for the next
-    step), so order + 1 at 1 NFE per step (+1 with denoise). `variant`: B(h) = expm1(h)
-    ("bh2", the authors' choice for unconditional sampling) or h ("bh1"). `project_fn`
-    sees the predicted points (the correction of step i happens inside step i + 1).
-    `order` up to 4 (UniP-4 + UniC: order 5; high orders suit unguided sampling only, as
-    for all multistep methods). `sigma_max`: where the grid starts below T (see
-    `common.time_grid`)."""
+    """UniPC (Zhao et al. 2023), multistep predictor-corrector in data prediction: the
+    UniP predictor of `order` 1-4 (UniP-2 is DPM-Solver++(2M)'s update) plus the UniC
+    corrector, which uses each new score evaluation twice (to correct the point it was
+    evaluated at, and for the next step), so order + 1 at 1 NFE per step (+1 with
+    denoise). High orders suit unguided sampling (as for every multistep method); orders
+    5-6 were less accurate on the benchmark and are not offered. `variant`: B(h) =
+    expm1(h) ("bh2", the authors' choice for unconditional sampling) or h ("bh1"); it only
+    changes the warm-up steps, where fixed weights 1/2 are used. `project_fn` sees the
+    predicted points (the correction of step i happens inside step i + 1). `sigma_max`:
+    where the grid starts below T (see `common.time_grid`)."""
     check_positive_int("unipc", "num_steps", num_steps)
     check_choice("unipc", "order", order, (1, 2, 3, 4))
     check_choice("unipc", "variant", variant, ("bh1", "bh2"))
