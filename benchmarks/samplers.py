@@ -400,7 +400,7 @@ def main(argv=None):
                         help="every sampler at NFE 10, 20, 50, 100, 1000")
     parser.add_argument("--bias", action="store_true",
                         help="only the common-randomness bias tables (2-D batch 131072, "
-                             "64-D batch 16384; about 5 minutes)")
+                             "64-D batch 16384; about 8 minutes)")
     parser.add_argument("--em_refine", type=int, default=BIAS_REFINE,
                         help="--bias: EM-1000 is compared with EM on this many times more "
                              "steps on the same Brownian path (16: 2-D takes ~4 minutes)")
