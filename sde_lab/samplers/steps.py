@@ -8,7 +8,6 @@ A predictor is `step(ctx, key, x, carry, t, s) -> (x, carry)` with scalar times 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from typing import Any, Callable
 
