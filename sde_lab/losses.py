@@ -21,6 +21,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from sde_lab.registry import Registry
 from sde_lab.sdes import SDE, expand_to
 
 Array = jax.Array
@@ -117,6 +118,8 @@ def discrete_dsm_loss(params, score_model: ScoreModel, sde: SDE, batch: Array, k
     sigma(t_i) are the geometric sequence sigma_min ... sigma_max.
     """
     _check_choice("reduce", reduce, REDUCTIONS)
+    if not (isinstance(num_levels, int) and num_levels >= 1):
+        raise ValueError(f"num_levels={num_levels!r} is not valid: must be an int >= 1")
     u, z = _uniform_and_normal(key, batch)
     index = jnp.minimum(jnp.floor(u * num_levels).astype(jnp.int32), num_levels - 1)
     t = sde.discrete_times(num_levels)[index]
@@ -163,10 +166,9 @@ def vdm_vlb_terms(params, score_model: ScoreModel, sde, batch: Array, t: Array, 
     a unit Gaussian prior (VP family), where std(t_min) > 0: VDM's schedules at t_min = 0.
 
     Args:
-      sde: an SDE, or sde_fn(params) -> SDE (learned schedule: `models.vdm.schedule_sde`).
+      sde: the SDE (a learned schedule: the SDE bound to its parameters, `sde.bind`).
       batch: x [B, ...] on the grid (the decoder rounds it to the nearest level).
     """
-    sde = sde(params) if callable(sde) else sde
     sum_d = lambda v: jnp.sum(v.reshape(v.shape[0], -1), axis=-1)  # noqa: E731
     mean_coeff, std = sde.marginal(t)
     z_t = expand_to(mean_coeff, batch) * batch + expand_to(std, batch) * eps
@@ -197,8 +199,9 @@ def vdm_vlb_loss(params, score_model: ScoreModel, sde, batch: Array, key: Array,
     batch mean of diffusion + prior + reconstruction nats (`vdm_vlb_terms`) / (D ln 2),
     D = prod(batch.shape[1:]), an unbiased estimate of an upper bound on -log2 P(x) / D.
 
-    With sde = sde_fn(params) (a learned schedule) the same loss trains the schedule with
-    its plain gradient. For a network conditioned on gamma_t (`models.vdm.score_model`),
+    With a learned schedule (`sde = sde.bind(sde_params)` inside the differentiated
+    function) the same loss trains the schedule with its plain gradient. For a network
+    conditioned on gamma_t (the `eps_gamma` parameterization),
     the diffusion term's expectation depends on the schedule only through gamma(t_min) and
     gamma(T), so the endpoints get a useful gradient and the inner shape a zero-mean one;
     VDM's variance-minimising update of the shape (the paper's "variance minimization"
@@ -210,9 +213,8 @@ def vdm_vlb_loss(params, score_model: ScoreModel, sde, batch: Array, key: Array,
     if num_levels < 2 or not data_range[0] < data_range[1]:
         raise ValueError(f"vdm_vlb: need num_levels >= 2 and data_range lo < hi, got "
                          f"num_levels={num_levels}, data_range={data_range}")
-    sde_t = sde(params) if callable(sde) else sde
-    t, eps, eps_0 = vdm_vlb_noise(key, batch, antithetic=antithetic, t_min=t_min, T=sde_t.T)
-    terms = vdm_vlb_terms(params, score_model, sde_t, batch, t, eps, eps_0,
+    t, eps, eps_0 = vdm_vlb_noise(key, batch, antithetic=antithetic, t_min=t_min, T=sde.T)
+    terms = vdm_vlb_terms(params, score_model, sde, batch, t, eps, eps_0,
                           num_levels=num_levels, data_range=data_range, t_min=t_min)
     nats = terms["diffusion"] + terms["prior"] + terms["reconstruction"]
     return jnp.mean(nats) / (math.prod(batch.shape[1:]) * math.log(2.0))
@@ -221,16 +223,32 @@ def vdm_vlb_loss(params, score_model: ScoreModel, sde, batch: Array, key: Array,
 ddpm_loss = discrete_dsm_loss
 smld_loss = discrete_dsm_loss
 
-_REGISTRY: dict[str, Callable] = {
+REGISTRY: Registry[Callable] = Registry("loss", {
     "dsm": dsm_loss,
     "ddpm": ddpm_loss,
     "smld": smld_loss,
     "vdm_vlb": vdm_vlb_loss,
-}
+})
+
+
+def available() -> list[str]:
+    return REGISTRY.available()
 
 
 def make(name: str, **options) -> Callable:
-    """Returns loss(params, score_model, sde, batch, key) with `options` bound."""
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown loss '{name}'; available: {sorted(_REGISTRY)}")
-    return functools.partial(_REGISTRY[name], **options)
+    """Returns loss(params, score_model, sde, batch, key) with `options` bound.
+
+    The options are checked at once: the loss is traced (shapes only, nothing computed) on
+    a two-example batch of a VP SDE with a stand-in score, so a bad value fails here.
+
+    Raises:
+      ValueError: unknown loss or option (listing the valid ones), or a bad option value.
+    """
+    REGISTRY.check_name(name)
+    REGISTRY.check_options(name, options)
+    loss = functools.partial(REGISTRY[name], **options)
+    from sde_lab.sdes import VPSDE
+
+    jax.eval_shape(lambda: loss(None, lambda p, x, t: -x, VPSDE(), jnp.zeros((2, 2)),
+                                jax.random.PRNGKey(0)))
+    return loss

@@ -12,6 +12,7 @@ and `score_model(apply_fn, sde)` returns `score(params, x, t)` for losses and sa
 No sampler or loss looks at the SDE's type; with mean_coeff = alpha and std = sigma:
 
   eps     score = -eps / sigma                      cond = 999 t   (DDPM label scale)
+  eps_gamma  the same, cond = gamma_t = -log_snr(t) (VDM's conditioning; learned schedules)
   score   score = out / sigma   (NCSN++ scale_by_sigma)  cond = log sigma
   x0      score = (alpha x0 - x) / sigma^2          cond = t
   edm     EDM preconditioning (Karras et al. 2022, Table 1) in the scaled space x / alpha,
@@ -27,6 +28,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from sde_lab.registry import Registry
 from sde_lab.sdes import SDE, expand_to
 
 Array = jax.Array
@@ -70,6 +72,16 @@ class Eps(Parameterization):
 
     def from_score(self, sde, score, x, t):
         return -score * expand_to(sde.marginal(t)[1], x)
+
+
+@dataclasses.dataclass(frozen=True)
+class EpsGamma(Eps):
+    """Noise prediction conditioned on gamma_t = -log_snr(t) (Kingma et al. 2021, VDM): the
+    conditioning follows the SDE's own schedule, learned or fixed, so a network trained
+    with a learned schedule sees where on the schedule it is, not the raw time."""
+
+    def net_input(self, sde, x, t):
+        return x, -sde.log_snr(t)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,16 +153,19 @@ class EDM(Parameterization):
         return (denoised - c_skip * x / mean_coeff) / c_out
 
 
-_REGISTRY: dict[str, type[Parameterization]] = {
+REGISTRY: Registry[Parameterization] = Registry("parameterization", {
     "eps": Eps,
+    "eps_gamma": EpsGamma,
     "score": Score,
     "x0": X0,
     "edm": EDM,
-}
+})
+
+
+def available() -> list[str]:
+    return REGISTRY.available()
 
 
 def make(name: str, **kwargs) -> Parameterization:
-    """Builds a parameterization: "eps", "score", "x0" or "edm" (sigma_data=0.5)."""
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown parameterization '{name}'; available: {sorted(_REGISTRY)}")
-    return _REGISTRY[name](**kwargs)
+    """Builds a parameterization: "eps", "eps_gamma", "score", "x0" or "edm" (sigma_data)."""
+    return REGISTRY.make(name, **kwargs)

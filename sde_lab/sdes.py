@@ -24,6 +24,8 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from sde_lab.registry import Registry
+
 Array = jax.Array
 ScoreFn = Callable[[Array, Array], Array]
 
@@ -39,8 +41,21 @@ def _check(condition: bool, message: str) -> None:
         raise ValueError(message)
 
 
+def _check_times(name: str, T: float, t_min: float) -> None:
+    _check(math.isfinite(T) and T > 0 and 0 < t_min < T,
+           f"{name}: need finite T > 0 and 0 < t_min < T, got t_min={t_min}, T={T}")
+
+
 class SDE(abc.ABC):
     """A linear forward SDE dx = f(t) x dt + g(t) dw on [0, T].
+
+    Every subclass is a JAX pytree (registered automatically): its plain attributes are
+    static, and the attributes named in `_learned` are leaves, so an SDE whose schedule has
+    trainable parameters (VDM's) is one object that jit, grad and losses take like any
+    other. `init(key)` returns such parameters ({} for a fixed SDE) and `bind(params)`
+    the SDE that uses them (itself for a fixed SDE); the runner keeps them beside the
+    network's as params["sde"] and binds them at the boundary, so losses, samplers and the
+    likelihood never ask which kind of SDE they have.
 
     Attributes:
       T: time horizon.
@@ -49,6 +64,33 @@ class SDE(abc.ABC):
 
     T: float = 1.0
     t_min: float = 1e-3
+    _learned: tuple[str, ...] = ()
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        jax.tree_util.register_pytree_node(cls, cls._flatten, cls._unflatten)
+
+    def _flatten(self):
+        leaves = tuple(getattr(self, name) for name in self._learned)
+        static = tuple(sorted((k, v) for k, v in vars(self).items() if k not in self._learned))
+        return leaves, static
+
+    @classmethod
+    def _unflatten(cls, static, leaves):
+        obj = object.__new__(cls)
+        obj.__dict__.update(dict(static))
+        obj.__dict__.update(zip(cls._learned, leaves))
+        return obj
+
+    def init(self, key: Array) -> dict:
+        """Trainable parameters of the SDE ({} unless its schedule is learned)."""
+        del key
+        return {}
+
+    def bind(self, params: dict) -> "SDE":
+        """The SDE with trainable parameters `params` (from `init`); fixed SDEs: self."""
+        del params
+        return self
 
     @abc.abstractmethod
     def marginal(self, t: Array) -> tuple[Array, Array]:
@@ -142,9 +184,9 @@ class VPSDE(_UnitPrior, SDE):
 
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, T: float = 1.0,
                  t_min: float = 1e-3):
-        _check(0 <= beta_min < beta_max, f"vp: need 0 <= beta_min < beta_max, got "
-               f"beta_min={beta_min}, beta_max={beta_max}")
-        _check(T > 0 and 0 < t_min < T, f"vp: need 0 < t_min < T, got t_min={t_min}, T={T}")
+        _check(0 <= beta_min < beta_max < math.inf, f"vp: need 0 <= beta_min < beta_max < "
+               f"inf, got beta_min={beta_min}, beta_max={beta_max}")
+        _check_times("vp", T, t_min)
         self.beta_min, self.beta_max, self.T, self.t_min = beta_min, beta_max, T, t_min
 
     def beta(self, t: Array) -> Array:
@@ -219,9 +261,10 @@ class VESDE(SDE):
 
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, T: float = 1.0,
                  t_min: float = 1e-5):
-        _check(0 < sigma_min < sigma_max, f"ve: need 0 < sigma_min < sigma_max, got "
+        _check(0 < sigma_min < sigma_max < math.inf, f"ve: need 0 < sigma_min < sigma_max < "
+               "inf, got "
                f"sigma_min={sigma_min}, sigma_max={sigma_max}")
-        _check(T > 0 and 0 < t_min < T, f"ve: need 0 < t_min < T, got t_min={t_min}, T={T}")
+        _check_times("ve", T, t_min)
         self.sigma_min, self.sigma_max, self.T, self.t_min = sigma_min, sigma_max, T, t_min
 
     def sigma(self, t: Array) -> Array:
@@ -321,54 +364,68 @@ class LearnedVPSDE(LogSNRVPSDE):
     sigmoid(-gamma), beta(t) = sigmoid(gamma) gamma'(t).
 
     Two forms, one class:
-      * fixed (VDM's "fixed" schedule): `LearnedVPSDE(gamma_min=-13.3, gamma_max=5.0)`,
-        gamma linear in t; this is what `make("vdm", ...)` builds from plain options.
-      * learned: `LearnedVPSDE(gamma_fn)`, with gamma_fn(s) for s = t / T in [0, 1] any
-        increasing, shape-preserving JAX function that closes over its parameters, e.g.
-        `functools.partial(models.vdm.NoiseSchedule().apply, schedule_params)`. The SDE is
-        rebuilt from the parameters at each step, inside the traced loss, so gradients
-        reach them through `marginal`, `beta` (forward-mode d gamma / dt) and `log_snr`;
-        `models.vdm.schedule_sde` does this. The inverse log-SNR is the base-class
-        bisection, which needs gamma_fn strictly increasing.
+      * fixed (VDM's "fixed" schedule, `learned=False`): gamma linear in t from gamma_min
+        at t = 0 to gamma_max at t = T.
+      * learned (`learned=True`): gamma is VDM's monotone network
+        (`sde_lab.schedules.NoiseSchedule`, initialised to the same endpoints) with
+        trainable parameters: `params = sde.init(key)`, then `sde.bind(params)` is the SDE
+        to use, inside the traced loss, so gradients reach the parameters through
+        `marginal`, `beta` (forward-mode d gamma / dt) and `log_snr`. Its inverse log-SNR
+        is the base-class bisection (gamma is strictly increasing).
     """
 
-    def __init__(self, gamma_fn: Callable[[Array], Array] | None = None,
-                 gamma_min: float | None = None, gamma_max: float | None = None,
-                 T: float = 1.0, t_min: float = 1e-3):
-        _check(gamma_fn is None or (gamma_min is None and gamma_max is None),
-               "vdm: give either gamma_fn (learned schedule) or gamma_min/gamma_max (fixed "
-               "linear schedule), not both")
-        _check(gamma_fn is None or callable(gamma_fn), f"vdm: gamma_fn must be callable, "
-               f"got {type(gamma_fn).__name__}")
-        if gamma_fn is None:
-            gamma_min = -13.3 if gamma_min is None else gamma_min
-            gamma_max = 5.0 if gamma_max is None else gamma_max
-            _check(gamma_min < gamma_max, f"vdm: need gamma_min < gamma_max, got "
-                   f"gamma_min={gamma_min}, gamma_max={gamma_max}")
-        _check(T > 0 and 0 < t_min < T, f"vdm: need 0 < t_min < T, got t_min={t_min}, T={T}")
-        self.gamma_fn, self.gamma_min, self.gamma_max = gamma_fn, gamma_min, gamma_max
-        self.T, self.t_min = T, t_min
+    _learned = ("params",)
+
+    def __init__(self, gamma_min: float = -13.3, gamma_max: float = 5.0,
+                 learned: bool = False, num_features: int = 1024, T: float = 1.0,
+                 t_min: float = 1e-3):
+        _check(math.isfinite(gamma_min) and math.isfinite(gamma_max) and gamma_min < gamma_max,
+               f"vdm: need finite gamma_min < gamma_max, got gamma_min={gamma_min}, "
+               f"gamma_max={gamma_max}")
+        _check(num_features >= 1, f"vdm: num_features must be >= 1, got {num_features}")
+        _check_times("vdm", T, t_min)
+        self.gamma_min, self.gamma_max, self.learned = gamma_min, gamma_max, learned
+        self.num_features, self.T, self.t_min = num_features, T, t_min
+        self.params = None
+
+    def _schedule(self):
+        from sde_lab.schedules import NoiseSchedule  # a Flax module: imported when learned
+
+        return NoiseSchedule(self.gamma_min, self.gamma_max, self.num_features)
+
+    def init(self, key):
+        if not self.learned:
+            return {}
+        return self._schedule().init(key, jnp.zeros((1,)))
+
+    def bind(self, params):
+        if not self.learned:
+            return self
+        leaves, static = self._flatten()
+        del leaves
+        return type(self)._unflatten(static, (params,))
 
     def gamma(self, t: Array) -> Array:
         """gamma(t) = log(std^2 / mean_coeff^2), increasing; shaped like t."""
         s = t / self.T
-        if self.gamma_fn is None:
+        if not self.learned:
             return self.gamma_min + (self.gamma_max - self.gamma_min) * s
-        return self.gamma_fn(s)
+        if self.params is None:
+            raise ValueError("vdm: a learned schedule needs its parameters: use "
+                             "sde.bind(params) with params = sde.init(key) or a checkpoint's")
+        return self._schedule().apply(self.params, s)
 
     def log_snr(self, t):
         return -self.gamma(t)
 
     def t_from_log_snr(self, log_snr):
-        if self.gamma_fn is None:
+        if not self.learned:
             return self.T * (-log_snr - self.gamma_min) / (self.gamma_max - self.gamma_min)
         return super().t_from_log_snr(log_snr)
 
     def __repr__(self) -> str:
-        if self.gamma_fn is None:
-            return (f"LearnedVPSDE(gamma_min={self.gamma_min}, gamma_max={self.gamma_max}, "
-                    f"T={self.T}, t_min={self.t_min})")
-        return f"LearnedVPSDE(gamma_fn=<learned>, T={self.T}, t_min={self.t_min})"
+        return (f"LearnedVPSDE(gamma_min={self.gamma_min}, gamma_max={self.gamma_max}, "
+                f"learned={self.learned}, T={self.T}, t_min={self.t_min})")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -406,38 +463,29 @@ def reverse(sde: SDE, score_fn: ScoreFn, probability_flow: bool = False) -> Reve
     return ReverseSDE(sde, score_fn, probability_flow)
 
 
-_REGISTRY: dict[str, type[SDE]] = {
+REGISTRY: Registry[SDE] = Registry("sde", {
     "vp": VPSDE,
     "subvp": SubVPSDE,
     "ve": VESDE,
     "cosine_vp": CosineVPSDE,
     "vdm": LearnedVPSDE,
-}
+})
 
 
 def register(name: str, cls: type[SDE]) -> None:
-    """Adds an SDE class under `name` (for SDEs defined outside this file, e.g. VDM's)."""
-    _REGISTRY[name] = cls
+    """Adds an SDE class under `name` (for SDEs defined outside this file)."""
+    REGISTRY.register(name, cls)
 
 
 def available() -> list[str]:
-    return sorted(_REGISTRY)
+    return REGISTRY.available()
 
 
 def make(name: str, **kwargs) -> SDE:
     """Builds the SDE registered as `name` ("vp", "subvp", "ve", "cosine_vp", "vdm", ...).
 
     Raises:
-      ValueError: unknown name (listing the valid ones), an unknown keyword, or invalid
-        parameters (e.g. beta_min >= beta_max, sigma_min <= 0).
+      ValueError: unknown name or option (listing the valid ones), or invalid parameters
+        (e.g. beta_min >= beta_max, sigma_min <= 0, a non-finite value).
     """
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown sde '{name}'; available: {available()}")
-    cls = _REGISTRY[name]
-    try:
-        return cls(**kwargs)
-    except TypeError as e:
-        import inspect
-        valid = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
-        raise ValueError(f"sde '{name}': bad options {sorted(kwargs)} ({e}); valid options: "
-                         f"{valid}") from None
+    return REGISTRY.make(name, **kwargs)

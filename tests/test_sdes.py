@@ -39,8 +39,15 @@ NAMES = list(CASES)
 
 
 def make(case):
-    kwargs = CASES[case][0]
-    return sdes.make(case.replace("_custom", ""), **kwargs)
+    return make_from(case, CASES[case][0])
+
+
+def make_from(case, options):
+    """The SDE of `case`; a "bind" option holds trainable parameters to bind (learned SDEs)."""
+    kwargs = dict(options)
+    params = kwargs.pop("bind", None)
+    sde = sdes.make(case.replace("_custom", ""), **kwargs)
+    return sde if params is None else sde.bind(params)
 
 
 def grid(sde):
@@ -266,7 +273,8 @@ def test_defaults_are_score_sde_cifar10_values():
     ("ve", {"sigma_min": 0.0}, "0 < sigma_min"),
     ("ve", {"sigma_min": 60.0}, "sigma_min < sigma_max"),
     ("vp", {"t_min": 2.0}, "t_min < T"),
-    ("vp", {"sigma_max": 3.0}, r"bad options \['sigma_max'\].*valid options"),
+    ("vp", {"sigma_max": 3.0}, r"unknown option\(s\) \['sigma_max'\]; valid options"),
+    ("vp", {"beta_max": float("inf")}, "beta_max < inf"),
     ("cosine_vp", {"log_snr_min": 3.0, "log_snr_max": 1.0}, "log_snr_min < log_snr_max"),
 ])
 def test_make_rejects_bad_input(name, kwargs, match):

@@ -17,9 +17,8 @@ import pytest
 from scipy import special
 
 import test_sdes
-from sde_lab import losses, models, sdes
+from sde_lab import losses, models, parameterization, schedules, sdes
 from sde_lab.analytic import GaussianMixture
-from sde_lab.models import vdm
 
 # ---------------------------------------------------------------- schedule reference
 
@@ -46,7 +45,7 @@ def random_schedule(seed, num_features=1024, gamma_min=-13.3, gamma_max=5.0,
     """NoiseSchedule params with every inner weight drawn at random (of either sign: the
     network takes abs) and, with endpoints=True, random endpoints too. Built directly (no
     init: faster), in the layout that `init` gives (checked with eval_shape)."""
-    schedule = vdm.NoiseSchedule(gamma_min, gamma_max, num_features)
+    schedule = schedules.NoiseSchedule(gamma_min, gamma_max, num_features)
     k = jax.random.split(jax.random.PRNGKey(seed), 6)
     gamma_0, delta = gamma_min, gamma_max - gamma_min
     if endpoints:
@@ -81,12 +80,12 @@ def test_schedule_is_monotone_with_exact_endpoints(seed, num_features):
 
 
 def test_schedule_starts_at_the_configured_endpoints():
-    schedule = vdm.NoiseSchedule(gamma_min=-13.3, gamma_max=5.0)
+    schedule = schedules.NoiseSchedule(gamma_min=-13.3, gamma_max=5.0)
     params = schedule.init(jax.random.PRNGKey(3), jnp.zeros(1))
     gamma = schedule.apply(params, jnp.asarray([0.0, 1.0]))
     np.testing.assert_allclose(gamma, [-13.3, 5.0], rtol=1e-6)
     with pytest.raises(ValueError, match="gamma_min < gamma_max"):
-        vdm.NoiseSchedule(gamma_min=5.0, gamma_max=1.0).init(jax.random.PRNGKey(0), jnp.zeros(1))
+        schedules.NoiseSchedule(gamma_min=5.0, gamma_max=1.0).init(jax.random.PRNGKey(0), jnp.zeros(1))
 
 
 # ---------------------------------------------------------------- SDE contract
@@ -106,7 +105,7 @@ def _vp_closed_forms(gamma_fn):
 _linear = lambda t: (-13.3 + 18.3 * np.asarray(t, np.float64), 18.3 + 0 * np.asarray(t))  # noqa
 VDM_CASES = {
     "vdm": ({}, *_vp_closed_forms(_linear)),
-    "vdm_custom": ({"gamma_fn": functools.partial(SCHEDULE.apply, SCHEDULE_PARAMS)},
+    "vdm_custom": ({"learned": True, "num_features": 64, "bind": SCHEDULE_PARAMS},
                    *_vp_closed_forms(functools.partial(np_schedule, SCHEDULE_PARAMS))),
 }
 CONTRACT = ["test_marginal_matches_closed_form",
@@ -126,29 +125,49 @@ PAIRS = [(c, k) for c in VDM_CASES for k in CONTRACT] + [
 @pytest.mark.parametrize("case, check", PAIRS)
 def test_sde_contract(monkeypatch, case, check):
     """The fixed-SDE contract tests of test_sdes.py, run on the fixed linear-gamma "vdm" SDE
-    and on a learned schedule with random inner weights (gamma_fn closing over them)."""
+    and on a learned schedule with random inner weights (bound to the learned SDE)."""
     monkeypatch.setitem(test_sdes.CASES, case, VDM_CASES[case])
     getattr(test_sdes, check)(case)
 
 
-def test_schedule_sde_gradients_reach_the_schedule():
-    sde_fn = vdm.schedule_sde(SCHEDULE)
+def _learned(params, num_features=64, **kw):
+    return sdes.make("vdm", learned=True, num_features=num_features, **kw).bind(params)
+
+
+def test_learned_sde_is_a_pytree_whose_leaves_are_its_parameters():
+    sde = _learned(SCHEDULE_PARAMS)
+    assert jax.tree.structure(sde.params) == jax.tree.structure(SCHEDULE_PARAMS)
+    leaves = jax.tree.leaves(sde)
+    assert len(leaves) == len(jax.tree.leaves(SCHEDULE_PARAMS))
+    again = jax.tree.unflatten(jax.tree.structure(sde), leaves)
+    np.testing.assert_array_equal(again.marginal(jnp.asarray([0.3]))[1],
+                                  sde.marginal(jnp.asarray([0.3]))[1])
+    assert jax.tree.leaves(sdes.make("vp")) == [] and sdes.make("vp").init(None) == {}
+    init = sdes.make("vdm", learned=True, num_features=8).init(jax.random.PRNGKey(0))
+    assert set(init["params"]) == {"gamma_0", "delta", "w1", "w2", "b2", "w3"}
+
+
+def test_gradients_reach_the_schedule_through_bind():
+    base = sdes.make("vdm", learned=True, num_features=64)
 
     def std_at_half(p):
-        return sde_fn({"schedule": p}).marginal(jnp.asarray([0.5]))[1][0]
+        return base.bind(p).marginal(jnp.asarray([0.5]))[1][0]
 
     grads = jax.jit(jax.grad(std_at_half))(SCHEDULE_PARAMS)["params"]
     assert all(np.all(np.isfinite(g)) for g in jax.tree_util.tree_leaves(grads))
     assert abs(float(grads["gamma_0"])) > 0 and abs(float(grads["delta"])) > 0
+    # The bound SDE passes through jit as an argument (its parameters are traced).
+    std = jax.jit(lambda sde: sde.marginal(jnp.asarray([0.5]))[1])(base.bind(SCHEDULE_PARAMS))
+    np.testing.assert_allclose(std, std_at_half(SCHEDULE_PARAMS), rtol=1e-6)
 
 
 def test_learned_sde_rejects_bad_input():
-    with pytest.raises(ValueError, match="either gamma_fn"):
-        sdes.make("vdm", gamma_fn=lambda s: s, gamma_min=-1.0)
     with pytest.raises(ValueError, match="gamma_min < gamma_max"):
         sdes.make("vdm", gamma_min=2.0, gamma_max=1.0)
-    with pytest.raises(ValueError, match="must be callable"):
-        sdes.make("vdm", gamma_fn=3.0)
+    with pytest.raises(ValueError, match="unknown option"):
+        sdes.make("vdm", gamma_fn=lambda s: s)
+    with pytest.raises(ValueError, match=r"bind\(params\)"):
+        sdes.make("vdm", learned=True).marginal(jnp.asarray([0.5]))
 
 
 # ---------------------------------------------------------------- VLB loss
@@ -184,15 +203,14 @@ def test_vlb_matches_independent_computation(num_levels, lo, hi):
     """Learned schedule (random inner weights, gamma in [-4, 2] so that every term
     matters), eps_hat = a z_t; float64 reference with the same t, eps, eps_0."""
     schedule, sp = random_schedule(seed=11, num_features=32, gamma_min=-4.0, gamma_max=2.0)
-    params = {"schedule": sp, "net": jnp.asarray(0.7)}
-    sde_fn = vdm.schedule_sde(schedule)
-    score = vdm.score_model(lambda a, z, gamma: a * z, sde_fn)
+    sde = _learned(sp, num_features=32, gamma_min=-4.0, gamma_max=2.0)
+    score = parameterization.make("eps_gamma").score_model(lambda a, z, gamma: a * z, sde)
     x = _grid_batch(jax.random.PRNGKey(0), (8, 3, 2, 2), num_levels, lo, hi)
     loss = losses.make("vdm_vlb", num_levels=num_levels, data_range=(lo, hi))
     assert loss.func is losses.vdm_vlb_loss
-    got, (t, eps, eps_0) = jax.jit(lambda p, x, key: (
-        loss(p, score, sde_fn, x, key), losses.vdm_vlb_noise(key, x)))(
-            params, x, jax.random.PRNGKey(1))
+    got, (t, eps, eps_0) = jax.jit(lambda a, x, key: (
+        loss(a, score, sde, x, key), losses.vdm_vlb_noise(key, x)))(
+            jnp.asarray(0.7), x, jax.random.PRNGKey(1))
     terms = _np_vlb_terms(x, t, eps, eps_0, 0.7, functools.partial(np_schedule, sp),
                           num_levels, lo, hi)
     want = sum(terms).mean() / (12 * math.log(2))
@@ -230,7 +248,7 @@ def test_diffusion_term_of_exact_score_matches_analytic(case, antithetic):
     tolerance 5 standard errors of the mean across batches.
     """
     m, s, d = 0.3, 0.5, 4
-    sde = sdes.make("vdm", **VDM_CASES[case][0])
+    sde = test_sdes.make_from(case, VDM_CASES[case][0])
     data = GaussianMixture.create([[m] * d], [s])
     exact = data.score_fn(sde)
     score = lambda params, x, t: exact(x, t)  # noqa: E731
@@ -270,20 +288,23 @@ def test_vlb_decreases_when_training_tiny_vdm_and_schedule(tiny):
     (One compiled step serves training and evaluation: it returns the loss at its input.)"""
     x_all = _digits()
     net, net_params = tiny
-    schedule = vdm.NoiseSchedule(num_features=64)
-    sde_fn = vdm.schedule_sde(schedule)
-    score = vdm.score_model(net.apply, sde_fn)
+    base = sdes.make("vdm", learned=True, num_features=64)
+    param = parameterization.make("eps_gamma")
     opt = optax.adam(3e-3)
 
     @jax.jit
     def init(key):
-        params = {"net": net_params, "schedule": schedule.init(key, jnp.zeros(2))}
+        params = {"net": net_params, "sde": base.init(key)}
         return params, opt.init(params)
+
+    def vlb(params, batch, key):
+        sde = base.bind(params["sde"])
+        return losses.vdm_vlb_loss(params["net"], param.score_model(net.apply, sde), sde,
+                                   batch, key, num_levels=17)
 
     @jax.jit
     def step(params, opt_state, batch, key):
-        value, grads = jax.value_and_grad(losses.vdm_vlb_loss)(
-            params, score, sde_fn, batch, key, num_levels=17)
+        value, grads = jax.value_and_grad(vlb)(params, batch, key)
         updates, opt_state = opt.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, value
 
@@ -300,8 +321,8 @@ def test_vlb_decreases_when_training_tiny_vdm_and_schedule(tiny):
     diff = before - evaluate(params, opt_state)
     assert diff.mean() > 5 * diff.std(ddof=1) / math.sqrt(len(diff)), (before, diff)
     for name in ("gamma_0", "delta"):
-        assert float(params["schedule"]["params"][name]) != float(
-            start["schedule"]["params"][name])
+        assert float(params["sde"]["params"][name]) != float(
+            start["sde"]["params"][name])
 
 
 # ---------------------------------------------------------------- network

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sde_lab.metrics import convert, digits_classifier, inception
+from sde_lab.registry import Registry
 
 Array = jax.Array
 ApplyFn = Callable[[Any, Array], tuple[Array, Array | None]]
@@ -140,23 +141,21 @@ def make_digits(weights_path: str | None = None, variables: Any = None) -> Featu
                             digits_classifier.NUM_CLASSES, _check_digits_shape)
 
 
-_REGISTRY: dict[str, Callable[..., FeatureExtractor]] = {
+REGISTRY: Registry[FeatureExtractor] = Registry("feature extractor", {
     "inception": make_inception,
     "digits": make_digits,
-}
+})
 
 
 def register(name: str, factory: Callable[..., FeatureExtractor]) -> None:
     """Adds a feature extractor factory `factory(**kw) -> FeatureExtractor` under `name`."""
-    _REGISTRY[name] = factory
+    REGISTRY.register(name, factory)
 
 
 def available() -> list[str]:
-    return sorted(_REGISTRY)
+    return REGISTRY.available()
 
 
 def make_extractor(name: str, **kwargs) -> FeatureExtractor:
     """Builds a registered feature extractor; unknown name -> ValueError listing the valid ones."""
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown feature extractor '{name}'; available: {available()}")
-    return _REGISTRY[name](**kwargs)
+    return REGISTRY.make(name, **kwargs)

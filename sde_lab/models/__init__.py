@@ -25,6 +25,7 @@ import dataclasses
 import flax.linen as nn
 
 from sde_lab.models import ddpm, mlp, ncsnpp, ncsnv2, vdm
+from sde_lab.registry import Registry
 
 # name -> (Linen module class, {size name: field overrides}).
 _MODELS: dict[str, tuple[type[nn.Module], dict[str, dict]]] = {
@@ -34,21 +35,27 @@ _MODELS: dict[str, tuple[type[nn.Module], dict[str, dict]]] = {
     "vdm": (vdm.VDM, vdm.SIZES),
     "mlp": (mlp.MLP, mlp.SIZES),
 }
+REGISTRY: Registry[nn.Module] = Registry("model", {k: v[0] for k, v in _MODELS.items()})
 
 
 def available() -> list[str]:
-    return sorted(_MODELS)
-
-
-def _lookup(name: str) -> tuple[type[nn.Module], dict[str, dict]]:
-    if name not in _MODELS:
-        raise ValueError(f"unknown model '{name}'; available: {sorted(_MODELS)}")
-    return _MODELS[name]
+    return REGISTRY.available()
 
 
 def sizes(name: str) -> list[str]:
     """Named sizes of model `name`, e.g. sizes("ncsnpp") -> ["ddpmpp_cont", ...]."""
-    return sorted(_lookup(name)[1])
+    REGISTRY.check_name(name)
+    return sorted(_MODELS[name][1])
+
+
+def _check_fields(name: str, fields: dict) -> None:
+    """Range checks of the fields most networks share (the rest fail at init)."""
+    dropout = fields.get("dropout", 0.0)
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"model '{name}': dropout must be in [0, 1), got {dropout}")
+    num_classes = fields.get("num_classes", 0)
+    if not (isinstance(num_classes, int) and num_classes >= 0):
+        raise ValueError(f"model '{name}': num_classes must be an int >= 0, got {num_classes}")
 
 
 def make(name: str, size: str | None = None, **fields) -> nn.Module:
@@ -58,7 +65,8 @@ def make(name: str, size: str | None = None, **fields) -> nn.Module:
       ValueError: unknown model, size or field name (the message lists the choices), or
         an invalid field value.
     """
-    cls, table = _lookup(name)
+    REGISTRY.check_name(name)
+    cls, table = _MODELS[name]
     if size is not None and size not in table:
         raise ValueError(f"unknown size '{size}' for model '{name}'; available: {sorted(table)}")
     valid = {f.name for f in dataclasses.fields(cls)} - {"parent", "name"}
@@ -68,4 +76,5 @@ def make(name: str, size: str | None = None, **fields) -> nn.Module:
                          f"available: {sorted(valid)}")
     kwargs = dict(table[size]) if size is not None else {}
     kwargs.update(fields)
+    _check_fields(name, kwargs)
     return cls(**kwargs)

@@ -1,5 +1,5 @@
-"""VDM: the score network and the learned noise schedule of Kingma et al. 2021,
-"Variational Diffusion Models" (official code: google-research/vdm, `model_vdm.py`).
+"""VDM: the score network of Kingma et al. 2021, "Variational Diffusion Models" (official
+code: google-research/vdm, `model_vdm.py`).
 
 * `VDM` predicts eps from z_t and the conditioning value (VDM conditions on gamma_t). It is
   a U-Net without any up/downsampling: every residual block runs at full resolution,
@@ -10,12 +10,9 @@
   likelihood depends on; the output layer is zero-initialised and, as in the official
   code, the input is added to the output, so at initialisation eps_hat = z_t (right at
   high noise, where z_t is almost all eps).
-* `NoiseSchedule` is the monotone network gamma(t) (the official `NoiseSchedule_NNet`,
-  normalised to exact, learnable endpoints as in the paper).
-* `schedule_sde` and `score_model` connect both to the SDE side: the learned schedule
-  becomes an `sdes.LearnedVPSDE`, and the eps network becomes a score function.
-
-Parameter layout used by the helpers: `{"net": net_params, "schedule": schedule_params}`.
+* It knows no SDE: pair it with the `eps_gamma` parameterization (eps prediction
+  conditioned on gamma_t = -log_snr(t)). The learned schedule is the SDE's own:
+  `sdes.make("vdm", learned=True)` with `sde_lab.schedules.NoiseSchedule`.
 
 Sizes (`SIZES`): `cifar10` is the official CIFAR-10 config (`configs/cifar10.py`: 128
 channels, 32 blocks, attention only in the middle, dropout 0.1, Fourier features n = 6, 7,
@@ -28,13 +25,10 @@ embedding layer, which an unconditional model does not have. `tiny` is for tests
 from __future__ import annotations
 
 import math
-from typing import Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-
-from sde_lab import sdes
 
 Array = jax.Array
 
@@ -169,86 +163,6 @@ class VDM(nn.Module):
         eps = nn.Conv(x.shape[-1], (3, 3), kernel_init=nn.initializers.zeros,
                       name="conv_out")(h)
         return eps + x if self.input_skip else eps
-
-
-class NoiseSchedule(nn.Module):
-    """Learned monotone noise schedule gamma(t), t in [0, 1]: the official
-    `NoiseSchedule_NNet` (l1 linear, l2 -> sigmoid -> l3 with n features, positive
-    weights), with the paper's normalisation to learnable endpoints:
-
-        g~(t) = |w1| t + (1/n) sum_j |w3_j| (2 sigmoid(|w2_j| (2t - 1) + b2_j) - 1),
-        gamma(t) = gamma_0 + |delta| (g~(t) - g~(0)) / (g~(1) - g~(0)),
-
-    every weight made positive by abs, so g~ is increasing (strictly: |w1| > 0 almost
-    surely) and gamma(0) = gamma_0, gamma(1) = gamma_0 + |delta| exactly (the stored value
-    is forced at t = 0 and 1, with the derivative of the smooth expression kept, so
-    forward-mode d gamma / dt stays right at the ends). The endpoints `gamma_0` and `delta`
-    are parameters initialised to gamma_min and gamma_max - gamma_min, trained by the VLB
-    (which, in continuous time, depends on the schedule only through its endpoints).
-
-    Call: `schedule.apply(params, t)`, t of any shape -> gamma of the same shape.
-
-    Attributes:
-      gamma_min, gamma_max: initial endpoints (VDM: -13.3 and 5).
-      num_features: width n of the hidden layer (VDM: 1024).
-    """
-
-    gamma_min: float = -13.3
-    gamma_max: float = 5.0
-    num_features: int = 1024
-
-    @nn.compact
-    def __call__(self, t: Array) -> Array:
-        if not self.gamma_min < self.gamma_max or self.num_features < 1:
-            raise ValueError(f"NoiseSchedule: need gamma_min < gamma_max and num_features >= "
-                             f"1, got {self.gamma_min}, {self.gamma_max}, {self.num_features}")
-        const = lambda v: (lambda key, shape: jnp.full(shape, v, jnp.float32))  # noqa: E731
-        gamma_0 = self.param("gamma_0", const(self.gamma_min), ())
-        delta = self.param("delta", const(self.gamma_max - self.gamma_min), ())
-        w1 = self.param("w1", const(self.gamma_max - self.gamma_min), (1, 1))
-        w2 = self.param("w2", nn.initializers.normal(1.0), (1, self.num_features))
-        b2 = self.param("b2", nn.initializers.zeros, (1, self.num_features))
-        w3 = self.param("w3", nn.initializers.normal(1.0), (self.num_features, 1))
-
-        t = jnp.asarray(t, jnp.float32)
-        s = jnp.concatenate([t.reshape(-1), jnp.asarray([0.0, 1.0])])[:, None]   # [N + 2, 1]
-        h = jax.nn.sigmoid((2.0 * s - 1.0) @ jnp.abs(w2) + b2)
-        g = (s @ jnp.abs(w1) + (2.0 * h - 1.0) @ jnp.abs(w3) / self.num_features)[:, 0]
-        frac = (g[:-2] - g[-2]) / (g[-1] - g[-2])
-        flat = t.reshape(-1)
-        exact = jnp.where(flat == 0.0, 0.0, jnp.where(flat == 1.0, 1.0, frac))
-        frac = frac + jax.lax.stop_gradient(exact - frac)
-        return (gamma_0 + jnp.abs(delta) * frac).reshape(t.shape)
-
-
-def schedule_sde(schedule: NoiseSchedule, T: float = 1.0,
-                 t_min: float = 1e-3) -> Callable[[dict], sdes.LearnedVPSDE]:
-    """Returns sde_fn(params) -> LearnedVPSDE whose gamma is `schedule` with
-    params["schedule"]: build the SDE inside the traced step so gradients reach the schedule."""
-
-    def sde_fn(params: dict) -> sdes.LearnedVPSDE:
-        return sdes.LearnedVPSDE(lambda s: schedule.apply(params["schedule"], s), T=T,
-                                 t_min=t_min)
-
-    return sde_fn
-
-
-def score_model(apply_fn: Callable, sde) -> Callable[[dict, Array, Array], Array]:
-    """score(params, x, t) from an eps network conditioned on gamma_t = -log_snr(t):
-    score = -eps_hat(x, gamma_t) / std(t), eps_hat = apply_fn(params["net"], x, gamma_t).
-
-    Args:
-      apply_fn: eps network, apply_fn(net_params, x [B, ...], gamma [B]) -> [B, ...]
-        (e.g. `VDM().apply`, or a lambda that passes `train=True` and dropout rngs).
-      sde: an SDE, or sde_fn(params) -> SDE for a learned schedule (`schedule_sde`).
-    """
-
-    def score(params: dict, x: Array, t: Array) -> Array:
-        sde_t = sde(params) if callable(sde) else sde
-        eps = apply_fn(params["net"], x, -sde_t.log_snr(t))
-        return -eps / sdes.expand_to(sde_t.marginal(t)[1], x)
-
-    return score
 
 
 SIZES: dict[str, dict] = {

@@ -44,21 +44,19 @@ corrector and predictor step to x at time t ([B]), and after denoising with t = 
 
 from __future__ import annotations
 
-import inspect
-from typing import Callable
-
+from sde_lab.registry import Registry
 from sde_lab.samplers.common import SampleFn
 from sde_lab.samplers.diffrax_solvers import ode, sra
 from sde_lab.samplers.fixed_grid import (ancestral, ddim, dpm_solver_pp, euler_maruyama, heun,
                                          pc, reverse_diffusion, unipc)
 from sde_lab.samplers.steps import CORRECTORS, PREDICTORS
 
-__all__ = ["available", "correctors", "make", "predictors", "ancestral", "ddim",
+__all__ = ["REGISTRY", "available", "correctors", "make", "predictors", "ancestral", "ddim",
            "dpm_solver_pp", "euler_maruyama", "heun", "ode", "pc", "reverse_diffusion", "sra",
            "unipc"]
 
 
-_REGISTRY: dict[str, Callable[..., SampleFn]] = {
+REGISTRY: Registry[SampleFn] = Registry("sampler", {
     "euler_maruyama": euler_maruyama,
     "reverse_diffusion": reverse_diffusion,
     "ancestral": ancestral,
@@ -69,11 +67,11 @@ _REGISTRY: dict[str, Callable[..., SampleFn]] = {
     "heun": heun,
     "dpm_solver++": dpm_solver_pp,
     "unipc": unipc,
-}
+})
 
 
 def available() -> list[str]:
-    return sorted(_REGISTRY)
+    return REGISTRY.available()
 
 
 def predictors() -> list[str]:
@@ -90,11 +88,4 @@ def make(name: str, **options) -> SampleFn:
     Raises:
       ValueError: unknown name or option (listing the valid ones), or an invalid value.
     """
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown sampler '{name}'; available: {available()}")
-    factory = _REGISTRY[name]
-    valid = list(inspect.signature(factory).parameters)
-    unknown = sorted(set(options) - set(valid))
-    if unknown:
-        raise ValueError(f"sampler '{name}': unknown options {unknown}; valid options: {valid}")
-    return factory(**options)
+    return REGISTRY.make(name, **options)
