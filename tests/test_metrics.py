@@ -310,3 +310,26 @@ def test_digits_training_command_runs(tmp_path):
     v = digits_classifier.load_variables(str(out))
     _, _, x_te, y_te = digits_classifier.digits_split()
     assert digits_classifier.accuracy(v, x_te, y_te) > 0.3
+
+
+def test_reference_stats_command_uses_the_eval_split(tmp_path):
+    """`python -m sde_lab.metrics.stats --dataset digits --split test` gives exactly the
+    statistics the eval computes for the digits run (same 297 images, same uint8 path)."""
+    import sys
+
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from configs import digits
+
+    from sde_lab import evaluate, experiment, metrics
+    from sde_lab.metrics import stats as stats_cli
+
+    exp = experiment.build(digits.get_config())
+    extractor = metrics.make_extractor("digits")
+    ref = evaluate._reference_stats(exp, str(tmp_path), extractor)
+    out = tmp_path / "cli.npz"
+    stats_cli.main(["--extractor", "digits", "--dataset", "digits", "--split", "test",
+                    "--out", str(out)])
+    cli = metrics.load_stats(str(out))
+    assert cli.features.shape == ref.features.shape == (297, 64)
+    np.testing.assert_array_equal(cli.features, ref.features)
+    np.testing.assert_array_equal(cli.mu, ref.mu)

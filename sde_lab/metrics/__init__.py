@@ -14,13 +14,25 @@ Modules: `scores` (the formulas), `inception` (FID InceptionV3 in Flax), `conver
 `stats` (reference statistics files and command).
 """
 
-from sde_lab.metrics.extractors import FeatureExtractor, available, make_extractor, register
-from sde_lab.metrics.scores import (frechet_distance, gaussian_statistics, inception_score,
-                                    kid, kid_subsets, mmd2_unbiased)
-from sde_lab.metrics.stats import Stats, compute_stats, load_stats, save_stats
+import importlib
 
-__all__ = [
-    "FeatureExtractor", "Stats", "available", "compute_stats", "frechet_distance",
-    "gaussian_statistics", "inception_score", "kid", "kid_subsets", "load_stats",
-    "make_extractor", "mmd2_unbiased", "register", "save_stats",
-]
+# Names are resolved on first use (PEP 562), so `python -m sde_lab.metrics.stats` (or
+# .digits_classifier, .convert) does not import its own module twice through this package.
+_EXPORTS = {
+    "extractors": ("FeatureExtractor", "available", "make_extractor", "register"),
+    "scores": ("frechet_distance", "gaussian_statistics", "inception_score", "kid",
+               "kid_subsets", "mmd2_unbiased"),
+    "stats": ("Stats", "compute_stats", "load_stats", "save_stats"),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'sde_lab.metrics' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"sde_lab.metrics.{_WHERE[name]}"), name)
+
+
+def __dir__():
+    return __all__

@@ -122,7 +122,8 @@ def load_variables(path: str | None = None) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Train the digits-FID feature classifier.")
-    parser.add_argument("--out", default=DEFAULT_WEIGHTS, help="output .npz")
+    parser.add_argument("--out", required=True, help="output .npz (the shipped weights are "
+                        f"{DEFAULT_WEIGHTS}; overwrite them only on purpose)")
     parser.add_argument("--num_steps", type=int, default=3000)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)

@@ -13,8 +13,10 @@ Command (features of a dataset split, written to --out):
     python -m sde_lab.metrics.stats --extractor inception --weights inception_fid.npz \\
         --images samples.npz --out samples_stats.npz   # [N, H, W, C] uint8 or [0, 1] floats
 
-`tfds:<name>` reads a prepared TFDS dataset through `tfds.data_source` (no TensorFlow) and
-never downloads: an unprepared dataset fails at once.
+`--dataset` goes through the trainer's own splits and scaling (`sde_lab.data`: digits has
+1,500 train / 297 test images), so stats made here equal the eval's. `tfds:<name>` reads a
+prepared TFDS dataset through `tfds.data_source` (no TensorFlow) and never downloads: an
+unprepared dataset fails at once with the command that prepares it. Errors are one line.
 """
 
 from __future__ import annotations
@@ -75,21 +77,20 @@ def fid(stats1: Stats, stats2: Stats) -> float:
 
 
 def _dataset_images(dataset: str, split: str, num_examples: int | None) -> np.ndarray:
+    """uint8 images of a split, through the trainer's own split and scaling (sde_lab.data),
+    so that reference statistics made here equal the ones the eval computes."""
+    from sde_lab import data
+
     if dataset == "digits":
-        from sde_lab.metrics.digits_classifier import digits_split
-        x_tr, _, x_te, _ = digits_split()
-        splits = {"train": x_tr, "test": x_te, "all": np.concatenate([x_tr, x_te])}
-        if split not in splits:
-            raise ValueError(f"unknown digits split '{split}'; available: {sorted(splits)}")
-        images = splits[split]
+        source = data.make("digits", split, num_levels=17, train=False)
     elif dataset.startswith("tfds:"):
-        import tensorflow_datasets as tfds
-        source = tfds.data_source(dataset[5:], split=split, download=False)
-        n = len(source) if num_examples is None else min(num_examples, len(source))
-        images = np.stack([np.asarray(source[i]["image"]) for i in range(n)])
+        source = data.make(dataset[5:], split, num_levels=256, train=False)
     else:
-        raise ValueError(f"unknown dataset '{dataset}'; available: ['digits', 'tfds:<name>']")
-    return images[:num_examples]
+        raise ValueError(f"unknown --dataset '{dataset}'; available: ['digits', 'tfds:<name>'] "
+                         "(e.g. tfds:cifar10)")
+    n = len(source) if num_examples is None else min(num_examples, len(source))
+    levels, _ = source.levels(0, n)
+    return source.scaler.to_uint8(source.scaler.to_model(levels))
 
 
 def _file_images(path: str) -> np.ndarray:
@@ -100,8 +101,14 @@ def _file_images(path: str) -> np.ndarray:
         return data[key]
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        self.exit(2, f"error: {' '.join(message.split())}\n")
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Compute and save feature statistics.")
+    parser = _Parser(prog="python -m sde_lab.metrics.stats",
+                     description="Compute and save feature statistics.")
     parser.add_argument("--extractor", default="inception", choices=extractors.available())
     parser.add_argument("--weights", default=None, help="weights file of the extractor")
     parser.add_argument("--dataset", default=None, help="'digits' or 'tfds:<name>'")
@@ -113,11 +120,15 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if (args.dataset is None) == (args.images is None):
         parser.error("give exactly one of --dataset and --images")
-    images = (_file_images(args.images)[:args.num_examples] if args.images
-              else _dataset_images(args.dataset, args.split, args.num_examples))
-    extractor = extractors.make_extractor(args.extractor, weights_path=args.weights)
-    start = time.time()
-    stats = compute_stats(extractor.features(images, args.batch_size))
+    try:
+        images = (_file_images(args.images)[:args.num_examples] if args.images
+                  else _dataset_images(args.dataset, args.split, args.num_examples))
+        kwargs = {"weights_path": args.weights} if args.weights or args.extractor == "inception" else {}
+        extractor = extractors.make_extractor(args.extractor, **kwargs)
+        start = time.time()
+        stats = compute_stats(extractor.features(images, args.batch_size))
+    except (ValueError, FileNotFoundError, OSError) as e:
+        parser.error(str(e).splitlines()[0])
     save_stats(args.out, stats)
     print(f"wrote {args.out}: {stats.features.shape[0]} x {stats.features.shape[1]} features "
           f"({args.extractor}) in {time.time() - start:.1f} s")
