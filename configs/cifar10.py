@@ -45,42 +45,41 @@ def _cifar10(config):
     config.eval.feature_extractor = "inception"
     config.eval.bpd_num_passes = 5
     config.sample.sampler = "pc"
-    config.sample.num_steps = 1000
 
 
 def _apply(config, variant):
-    m, s, t = config.model, config.sde, config.train
+    m, s, loss, pc = config.model, config.sde, config.loss, config.sample.pc
     if variant.startswith("ncsnpp_ve"):
-        s.name, s.sigma_max, s.t_min = "ve", 50.0, 1e-5
+        s.name, s.ve.sigma_max, s.ve.t_min = "ve", 50.0, 1e-5
         config.data.centered = False  # score_sde's VE models see [0, 1] data
         m.name, m.parameterization = "ncsnpp", "score"
         m.size = "ncsnpp_cont_deep" if variant.endswith("deep") else "ncsnpp_cont"
-        config.sample.predictor, config.sample.corrector = "reverse_diffusion", "langevin"
+        pc.predictor, pc.corrector = "reverse_diffusion", "langevin"
     elif variant.startswith("ddpmpp"):
         s.name = "subvp" if "subvp" in variant else "vp"
         m.name, m.parameterization = "ncsnpp", "eps"
         m.size = "ddpmpp_cont_deep" if variant.endswith("deep") else "ddpmpp_cont"
         m.dropout = 0.1
-        config.sample.predictor, config.sample.corrector = "euler_maruyama", "none"
+        pc.predictor, pc.corrector = "euler_maruyama", "none"
         if variant == "ddpmpp_subvp_deep":
-            t.weighting, t.importance_sampling = "likelihood", True
+            loss.dsm.weighting, loss.dsm.importance_sampling = "likelihood", True
             config.data.uniform_dequantization = True
     elif variant == "ddpm":
         s.name, m.name, m.size, m.parameterization = "vp", "ddpm", "cifar10", "eps"
-        t.loss, m.dropout = "ddpm", 0.1
+        loss.name, m.dropout = "ddpm", 0.1
         config.sample.sampler = "ancestral"
     elif variant == "ncsnv2":
-        s.name, s.sigma_min, s.sigma_max = "ve", 0.01, 50.0
+        s.name, s.ve.sigma_min, s.ve.sigma_max = "ve", 0.01, 50.0
         config.data.centered = False
         m.name, m.size, m.parameterization = "ncsnv2", "cifar10", "score"
-        t.loss, t.num_levels = "smld", 232
-        config.sample.predictor, config.sample.corrector = "none", "annealed_langevin"
-        config.sample.n_steps_each, config.sample.snr = 5, 0.176
-        config.sample.num_steps = 232
+        loss.name, loss.smld.num_levels = "smld", 232
+        pc.predictor, pc.corrector = "none", "annealed_langevin"
+        pc.n_steps_each, pc.snr, pc.num_steps = 5, 0.176, 232
     elif variant == "vdm":
-        s.name, m.name, m.size, m.parameterization = "vp", "vdm", "cifar10", "eps"
-        t.loss = "vdm_vlb"
-        config.sample.sampler, config.sample.num_steps = "ancestral", 1000
+        s.name, s.vdm.learned = "vdm", True
+        m.name, m.size, m.parameterization = "vdm", "cifar10", "eps_gamma"
+        loss.name = "vdm_vlb"
+        config.sample.sampler = "ancestral"
 
 
 def get_config(arg: str | None = None):

@@ -4,34 +4,71 @@ Experiment files (`configs/<name>.py`) start from `get_default()` and override a
 fields. Each `get_config(arg)` accepts the variant `runlocal`, which shrinks the run so it
 finishes on a laptop CPU in under a minute. Configs are locked by main.py: a mistyped
 override fails with the closest valid field names.
+
+Choices backed by a registry (the SDE, the loss, the sampler) have a `name` field and one
+section per registered entry holding all of that entry's keyword options with their
+documented defaults, read from the code's own signatures (so a new sampler's options are
+config fields with no edit here):
+
+    config.sde.name = "ve";          config.sde.ve.sigma_max = 50.0
+    config.loss.name = "dsm";        config.loss.dsm.weighting = "likelihood"
+    config.sample.sampler = "pc";    config.sample.pc.snr = 0.16
+    --config.sample.sampler=dpm_solver++ --config.sample.dpm_solver_pp.num_steps=20
+
+Section names are the registry names with "++" spelled "_pp". Only the chosen entry's
+section is read; a changed field in another entry's section is an error, not silently
+dropped.
 """
 
 import ml_collections
 from ml_collections.config_dict import placeholder
+
+from sde_lab import losses, samplers, sdes
+from sde_lab.registry import section_name
+
+# Options the runner derives from other fields, never set by hand.
+DERIVED = {("loss", "vdm_vlb"): ("num_levels",)}   # = data.num_levels
+
+
+def option_sections(registry, kind: str) -> ml_collections.ConfigDict:
+    """One ConfigDict per registry entry with its scalar keyword options and defaults."""
+    out = ml_collections.ConfigDict()
+    for name in registry.available():
+        section = ml_collections.ConfigDict()
+        for option, spec in registry.options(name).items():
+            if option in DERIVED.get((kind, name), ()):
+                continue
+            section[option] = (placeholder(spec.type) if spec.default is None
+                               else spec.type(spec.default))
+        out[section_name(name)] = section
+    return out
 
 
 def get_default() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 42                      # all PRNG keys derive from this and fold_in(step)
 
-    # ---- Forward SDE (sde_lab.sdes) ----
-    config.sde = sde = ml_collections.ConfigDict()
-    sde.name = "vp"                       # vp | subvp | ve | cosine_vp
-    sde.beta_min = 0.1                    # vp, subvp
-    sde.beta_max = 20.0                   # vp, subvp
-    sde.sigma_min = 0.01                  # ve
-    sde.sigma_max = 50.0                  # ve (score_sde: max pairwise data distance)
-    sde.log_snr_min = -20.0               # cosine_vp
-    sde.log_snr_max = 20.0                # cosine_vp
-    sde.t_min = 1e-3                      # smallest sampling time (score_sde: 1e-3 VP, 1e-5 VE)
+    # ---- Forward SDE (sde_lab.sdes): vp | subvp | ve | cosine_vp | vdm ----
+    # Defaults are score_sde's CIFAR-10 values (VP/sub-VP beta 0.1..20, VE sigma 0.01..50);
+    # t_min is the smallest sampling time (score_sde: 1e-3 VP-type, 1e-5 VE). vdm with
+    # learned=True trains VDM's schedule network (needs loss.name='vdm_vlb').
+    config.sde = option_sections(sdes.REGISTRY, "sde")
+    config.sde.name = "vp"
 
     # ---- Score network (sde_lab.models) ----
     config.model = model = ml_collections.ConfigDict()
     model.name = "ncsnpp"                 # ncsnpp | ddpm | ncsnv2 | vdm | mlp
     model.size = "digits"                 # a named size of models.sizes(name)
-    model.parameterization = "eps"        # eps | score | x0 | edm (sde_lab.parameterization)
+    model.parameterization = "eps"        # eps | eps_gamma | score | x0 | edm
     model.dropout = -1.0                  # >= 0 overrides the size's dropout rate
     model.num_classes = 0                 # > 0: class-conditional network (labels from data)
+
+    # ---- Loss (sde_lab.losses): dsm | ddpm | smld | vdm_vlb ----
+    # dsm: continuous-time DSM (weighting std2 | likelihood, importance_sampling, reduce
+    # mean | sum, eps = smallest training time); ddpm / smld: discrete levels; vdm_vlb:
+    # VDM's continuous-time bound (its num_levels is data.num_levels).
+    config.loss = option_sections(losses.REGISTRY, "loss")
+    config.loss.name = "dsm"
 
     # ---- Data (sde_lab.data) ----
     config.data = data = ml_collections.ConfigDict()
@@ -52,19 +89,13 @@ def get_default() -> ml_collections.ConfigDict:
     config.train = train = ml_collections.ConfigDict()
     train.batch_size = 128                # global batch, divisible by the device count
     train.num_steps = 4000
-    train.loss = "dsm"                    # dsm | ddpm | smld | vdm_vlb (sde_lab.losses)
-    train.weighting = "std2"              # dsm: std2 | likelihood
-    train.importance_sampling = False     # dsm with likelihood weighting only
-    train.reduce = "mean"                 # mean | sum over data dimensions
-    train.t_eps = 1e-5                    # smallest training time of the continuous loss
-    train.num_levels = 1000               # ddpm / smld: number of discrete noise levels
     train.steps_per_dispatch = 1          # train steps fused into one jitted call (lax.scan;
                                           # measured ~20x slower per step on XLA:CPU for
                                           # conv nets, so keep 1 on CPU; for TPU/GPU hosts)
     train.log_every_steps = 100
-    train.checkpoint_every_steps = 1000
+    train.checkpoint_every_steps = 1000   # 0: only at the end (and on SIGTERM / Ctrl-C)
     train.sample_every_steps = 0          # 0: no sample grids during training
-    train.max_to_keep = 3                 # checkpoints kept (the newest)
+    train.max_to_keep = 3                 # checkpoints kept (the newest), >= 1
     train.eval_at_end = True              # run the eval (samples, FID, bits/dim) when done
 
     # ---- Optimizer (optax) ----
@@ -72,27 +103,18 @@ def get_default() -> ml_collections.ConfigDict:
     optim.optimizer = "adam"              # adam | adamw
     optim.lr = 2e-4
     optim.beta1 = 0.9
+    optim.beta2 = 0.999
     optim.eps = 1e-8
     optim.weight_decay = 0.0              # adamw only
     optim.warmup_steps = 5000             # linear warmup from 0 (score_sde: 5000)
     optim.grad_clip = 1.0                 # global-norm clipping; <= 0 disables
     optim.ema_rate = 0.9999               # EMA of parameters used for sampling/eval
 
-    # ---- Sampling (sde_lab.samplers) ----
-    config.sample = sample = ml_collections.ConfigDict()
-    sample.sampler = "pc"                 # any name of samplers.make
-    sample.num_steps = 1000               # fixed-step samplers
-    sample.predictor = "reverse_diffusion"  # pc only
-    sample.corrector = "langevin"         # pc only: langevin | annealed_langevin | none
-    sample.snr = 0.16                     # pc corrector signal-to-noise ratio
-    sample.n_steps_each = 1               # pc corrector steps per noise level
-    sample.order = placeholder(int)       # dpm_solver++ (2, 3), unipc (1-4); None: default
-    sample.sigma_max = placeholder(float)  # heun, dpm_solver++, unipc: grid start (EDM's)
-    sample.rtol = 1e-5                    # ode
-    sample.atol = 1e-5                    # ode
-    sample.denoise = True                 # final Tweedie denoising step where defined
-    sample.num_samples = 64               # --mode sample: how many
-    sample.batch_size = 64                # per sampling call (global)
+    # ---- Sampling (sde_lab.samplers): the sampler and one section of options each ----
+    config.sample = option_sections(samplers.REGISTRY, "sampler")
+    config.sample.sampler = "pc"          # any name of samplers.available()
+    config.sample.num_samples = 64        # --mode sample: how many
+    config.sample.batch_size = 64         # per sampling call (global)
 
     # ---- Evaluation (sde_lab.evaluate) ----
     config.eval = ev = ml_collections.ConfigDict()
@@ -122,5 +144,6 @@ def get_default() -> ml_collections.ConfigDict:
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """The defaults alone (the digits experiment); see configs/digits.py for its variants."""
-    del arg
+    if arg:
+        raise ValueError(f"configs/default.py: unknown variant '{arg}'; available: none")
     return get_default()

@@ -18,14 +18,15 @@ def get_config(arg: str | None = None):
     d, s, m = config.data, config.sde, config.model
     d.dataset, d.image_size, d.num_channels = "lsun/church_outdoor", 256, 3
     d.num_levels, d.centered, d.random_flip = 256, False, True
-    s.name, s.sigma_max, s.t_min = "ve", 380.0, 1e-5
+    s.name, s.ve.sigma_max, s.ve.t_min = "ve", 380.0, 1e-5
     m.name, m.size, m.parameterization = "ncsnpp", "ncsnpp_256", "score"
     config.train.batch_size = 64
     config.train.num_steps = 1_300_000
     config.train.checkpoint_every_steps = 50_000
     config.optim.ema_rate = 0.999
-    config.sample.sampler, config.sample.predictor = "pc", "reverse_diffusion"
-    config.sample.corrector, config.sample.snr = "langevin", 0.075
+    config.sample.sampler = "pc"
+    pc = config.sample.pc
+    pc.predictor, pc.corrector, pc.snr = "reverse_diffusion", "langevin", 0.075
     config.eval.feature_extractor, config.eval.enable_bpd = "inception", False
     if arg == "runlocal":
         runlocal.shrink(config)

@@ -1,5 +1,8 @@
 """The `:runlocal` variant shared by every config: the same experiment, shrunk to run on a
-laptop CPU in under a minute (tiny network, small batch, a few steps, cheap eval)."""
+laptop CPU in under a minute (tiny network, small batch, a few steps, cheap eval). The
+configured sampler is kept, with few steps (or loose tolerances for `ode`)."""
+
+from sde_lab.registry import section_name
 
 
 def shrink(config):
@@ -9,8 +12,11 @@ def shrink(config):
     config.train.log_every_steps = 5
     config.train.checkpoint_every_steps = 10
     config.optim.warmup_steps = 0
-    config.sample.sampler = "dpm_solver++"
-    config.sample.num_steps = 10
+    options = config.sample[section_name(config.sample.sampler)]
+    if "num_steps" in options:
+        options.num_steps = 10
+    if "rtol" in options:
+        options.rtol, options.atol = 1e-3, 1e-3
     config.sample.num_samples = 16
     config.sample.batch_size = 8
     config.eval.num_samples = 16

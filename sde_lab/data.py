@@ -185,6 +185,8 @@ class Dataset:
         self.center_crop = center_crop
         self.image_size, self.random_flip, self.dequantize = image_size, random_flip, dequantize
         self.seed = seed
+        if split is not None and center_crop and len(split):
+            self._crop(split.get(np.arange(1))[0])  # a crop larger than the images fails now
 
     @property
     def is_image(self) -> bool:

@@ -1,30 +1,59 @@
 """--mode eval: sample quality (FID/KID/IS) and bits/dim of checkpoints.
 
 For each checkpoint (the ones named in `eval.checkpoints`, else each one as it appears)
-the EMA parameters are evaluated and `workdir/eval/<step>.json` is written atomically.
-Samples are drawn in numbered batches with keys fold_in(eval_key(step), i) and each batch
-is saved to `eval/<step>/samples_<i>.npz` as soon as it exists, so a killed eval resumes
-at the first missing batch: no sample is lost or drawn twice.
+the EMA parameters are evaluated and `eval/<step>.json` is written atomically, with the
+eval spec (sampler and its options, sample count and batch, metric settings, seed) and its
+hash. A second eval of a step with the same spec is skipped; one with another spec runs,
+and the result it replaces is appended to `eval/history.jsonl`, so nothing is lost.
+
+Samples are drawn in numbered batches with keys fold_in(keys.eval(step), i) and each batch
+is saved to `eval/<step>/samples-<h>/samples_<i>.npz` as soon as it exists, where `<h>`
+hashes everything that defines the samples (sampler, options, batch size, seed): a killed
+eval resumes at the first missing batch and never mixes samples of two samplers or batch
+sizes. Progress (batches, features, bits/dim, ETA) is printed as it goes; results also go
+to TensorBoard (`eval/<metric>` scalars and the sample grid at the checkpoint's step).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import time
 
 import jax
 import numpy as np
 
-from sde_lab import parallel
+from sde_lab import parallel, sample, state as state_lib, workdir as workdir_lib
+from sde_lab.progress import Progress
 
 
-def _steps_to_evaluate(exp, workdir: str, steps) -> list[int]:
+class NoCheckpoint(FileNotFoundError):
+    pass
+
+
+def _hash(obj) -> str:
+    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def sample_spec(exp) -> dict:
+    """Everything that defines the eval samples of a checkpoint."""
+    return {**exp.sampler.describe(), "batch_size": exp.eval.batch_size, "seed": exp.seed}
+
+
+def eval_spec(exp) -> dict:
+    """Everything that defines an eval result of a checkpoint."""
+    e = exp.eval
+    return {**sample_spec(exp), "num_samples": e.num_samples,
+            "feature_extractor": e.feature_extractor, "inception_weights": e.inception_weights,
+            "reference_stats": e.reference_stats, "bpd": e.enable_bpd and not exp.data.is_toy
+            and [e.bpd_num_passes, e.bpd_num_examples, e.bpd_rtol, e.bpd_atol,
+                 e.bpd_estimator, e.bpd_t_min]}
+
+
+def checkpoint_steps(workdir: str) -> list[int]:
     from sde_lab import checkpointing
 
-    if steps is None and exp.config.eval.checkpoints:
-        steps = [int(s) for s in exp.config.eval.checkpoints.split(",")]
-    if steps is not None:
-        return list(steps)
     ckpt = checkpointing.Checkpointer(workdir, max_to_keep=None)
     try:
         return ckpt.steps()
@@ -33,39 +62,60 @@ def _steps_to_evaluate(exp, workdir: str, steps) -> list[int]:
 
 
 def run(exp, workdir: str, steps=None) -> int:
-    """Evaluates checkpoints; with `eval.wait_seconds` > 0 keeps polling for new ones."""
+    """Evaluates checkpoints; with `eval.wait_seconds` > 0 keeps polling for new ones.
+
+    Raises:
+      NoCheckpoint: nothing to evaluate (no checkpoint appeared, or a named step is absent).
+    """
+    steps = steps if steps is not None else exp.eval.checkpoints
     done: set[int] = set()
-    deadline = time.time() + exp.config.eval.wait_seconds
-    while True:
-        todo = [s for s in _steps_to_evaluate(exp, workdir, steps) if s not in done]
-        for step in todo:
-            evaluate_checkpoint(exp, workdir, step)
-            done.add(step)
-        if steps is not None or time.time() >= deadline:
-            break
-        time.sleep(5)
+    deadline = time.time() + exp.eval.wait_seconds
+    tb = _TensorBoard(workdir)
+    try:
+        while True:
+            available = checkpoint_steps(workdir)
+            if steps is not None:
+                missing = sorted(set(steps) - set(available))
+                if missing:
+                    raise NoCheckpoint(f"eval.checkpoints: no checkpoint {missing} in "
+                                       f"{workdir}/checkpoints (it has {available})")
+            todo = [s for s in (steps if steps is not None else available) if s not in done]
+            for step in todo:
+                evaluate_checkpoint(exp, workdir, step, tb)
+                done.add(step)
+            if steps is not None or time.time() >= deadline:
+                break
+            time.sleep(5)
+    finally:
+        tb.close()
     if not done:
-        print(f"no checkpoint to evaluate in {workdir}", flush=True)
+        raise NoCheckpoint(f"no checkpoint to evaluate in {workdir}/checkpoints; train first "
+                           "(--mode train), or wait for one with --config.eval.wait_seconds")
     return 0
 
 
 def _sample_batches(exp, params, step: int, out_dir: str) -> tuple[np.ndarray, int]:
     """All eval samples of `step`, reusing saved batches; returns (x, nfe of one batch)."""
-    from sde_lab import sample
-
-    cfg = exp.config.eval
+    e = exp.eval
+    spec = sample_spec(exp)
+    out_dir = os.path.join(out_dir, f"samples-{_hash(spec)}")
     os.makedirs(out_dir, exist_ok=True)
-    num_batches = -(-cfg.num_samples // cfg.batch_size)
-    key = jax.random.fold_in(jax.random.PRNGKey(exp.config.seed), 2 * 10**6 + step)
+    if parallel.is_main_process():
+        workdir_lib.write_json(os.path.join(out_dir, "spec.json"), spec)
+    num_batches = -(-e.num_samples // e.batch_size)
+    key = exp.keys.eval(step)
     gen, nfe, xs = None, 0, []
+    progress = Progress(f"sampling ({exp.sampler.name}) batch", num_batches,
+                        parallel.is_main_process())
     for i in range(num_batches):
         path = os.path.join(out_dir, f"samples_{i}.npz")
         if os.path.exists(path):
             with np.load(path) as f:
                 xs.append(f["x"])
                 nfe = int(f["nfe"])
+            progress.advance(note=" (saved earlier)")
             continue
-        gen = gen or sample.make_generator(exp, cfg.batch_size)
+        gen = gen or sample.make_generator(exp, e.batch_size)
         x, batch_nfe = gen(jax.random.fold_in(key, i), params)
         x, nfe = np.asarray(x), int(batch_nfe)
         if parallel.is_main_process():
@@ -73,36 +123,48 @@ def _sample_batches(exp, params, step: int, out_dir: str) -> tuple[np.ndarray, i
             np.savez(tmp, x=x, nfe=nfe)
             os.replace(tmp, path)
         xs.append(x)
-    return np.concatenate(xs)[:cfg.num_samples], nfe
+        progress.advance(note=f", {nfe} NFE per sample")
+    return np.concatenate(xs)[:e.num_samples], nfe
+
+
+def _reference_stats(exp, workdir: str, extractor):
+    from sde_lab import metrics
+
+    e = exp.eval
+    if e.reference_stats:
+        return metrics.load_stats(e.reference_stats)
+    d = exp.data
+    path = os.path.join(workdir, "eval", f"reference_{e.feature_extractor}_{d.eval_split}.npz")
+    if os.path.exists(path):
+        return metrics.load_stats(path)
+    dataset = d.make(d.eval_split, train=False, seed=exp.seed)
+    levels, _ = dataset.levels(0, len(dataset))
+    print(f"  reference features of the {len(levels)} {d.eval_split} images "
+          f"({e.feature_extractor})", flush=True)
+    images = d.scaler.to_uint8(d.scaler.to_model(levels))
+    feats, _ = extractor.features_and_logits(images, e.batch_size)
+    ref = metrics.compute_stats(feats)
+    if parallel.is_main_process():
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        metrics.save_stats(path, ref)
+    return ref
 
 
 def _sample_metrics(exp, workdir: str, x: np.ndarray) -> dict:
     """FID / KID / IS of model-space samples `x` against the eval split (or given stats)."""
-    from sde_lab import metrics, run as run_lib
-    from sde_lab.data import Scaler
+    from sde_lab import metrics
 
-    cfg = exp.config.eval
-    if len(exp.shape) == 1:
+    e = exp.eval
+    if exp.data.is_toy:
         return {"sliced_wasserstein": _sliced_wasserstein_to_data(exp, x)}
-    if cfg.feature_extractor == "none":
+    if e.feature_extractor == "none":
         return {}
-    kwargs = {"weights_path": cfg.inception_weights or None} if (
-        cfg.feature_extractor == "inception") else {}
-    extractor = metrics.make_extractor(cfg.feature_extractor, **kwargs)
-    scaler = Scaler(exp.config.data.num_levels, exp.config.data.centered)
-    ref_path = cfg.reference_stats or os.path.join(
-        workdir, "eval", f"reference_{cfg.feature_extractor}.npz")
-    if os.path.exists(ref_path):
-        ref = metrics.load_stats(ref_path)
-    else:  # real eval-split images through the same uint8 path as the samples
-        dataset = run_lib.make_dataset(exp.config, exp.config.data.eval_split, train=False)
-        levels, _ = dataset.levels(0, len(dataset))
-        feats, _ = extractor.features_and_logits(scaler.to_uint8(scaler.to_model(levels)),
-                                                 cfg.batch_size)
-        ref = metrics.compute_stats(feats)
-        if parallel.is_main_process():
-            metrics.save_stats(ref_path, ref)
-    feats, logits = extractor.features_and_logits(scaler.to_uint8(x), cfg.batch_size)
+    kwargs = {"weights_path": e.inception_weights or None} if (
+        e.feature_extractor == "inception") else {}
+    extractor = metrics.make_extractor(e.feature_extractor, **kwargs)
+    ref = _reference_stats(exp, workdir, extractor)
+    print(f"  features of {len(x)} samples ({e.feature_extractor})", flush=True)
+    feats, logits = extractor.features_and_logits(exp.data.scaler.to_uint8(x), e.batch_size)
     gen = metrics.compute_stats(feats)
     out = {"fid": metrics.frechet_distance(gen.mu, gen.sigma, ref.mu, ref.sigma)}
     if ref.features is not None:
@@ -118,8 +180,7 @@ def _sliced_wasserstein_to_data(exp, x: np.ndarray, num_projections: int = 256) 
     from sde_lab import data
 
     rng = np.random.default_rng(0)
-    true = data.toy_distribution(exp.config.data.dataset[4:], exp.config.data.toy_dim).sample(
-        rng, len(x))
+    true = data.toy_distribution(exp.data.dataset[4:], exp.data.toy_dim).sample(rng, len(x))
     dirs = rng.standard_normal((x.shape[1], num_projections))
     dirs /= np.linalg.norm(dirs, axis=0, keepdims=True)
     proj_x, proj_t = np.sort(x @ dirs, axis=0), np.sort(true @ dirs, axis=0)
@@ -128,64 +189,111 @@ def _sliced_wasserstein_to_data(exp, x: np.ndarray, num_projections: int = 256) 
 
 def _bits_per_dim(exp, params, step: int) -> dict:
     """Test-split bits/dim through the PF-ODE likelihood, `eval.bpd_num_passes` passes."""
-    from sde_lab import likelihood, run as run_lib
-    from sde_lab.data import Scaler
+    from sde_lab import likelihood
 
-    cfg, d = exp.config.eval, exp.config.data
-    if not cfg.enable_bpd or len(exp.shape) == 1:
+    e, d = exp.eval, exp.data
+    if not e.enable_bpd or d.is_toy:
         return {}
-    dataset = run_lib.make_dataset(exp.config, d.eval_split, train=False)
-    n = cfg.bpd_num_examples or len(dataset)
+    dataset = d.make(d.eval_split, train=False, seed=exp.seed)
+    n = e.bpd_num_examples or len(dataset)
     levels, _ = dataset.levels(0, n)
-    batches = [levels[i:i + cfg.batch_size] for i in range(0, len(levels), cfg.batch_size)]
-    key = jax.random.fold_in(jax.random.PRNGKey(exp.config.seed), 3 * 10**6 + step)
+    batches = [levels[i:i + e.batch_size] for i in range(0, len(levels), e.batch_size)]
+    progress = Progress(f"bits/dim ({len(levels)} {d.eval_split} images) batch",
+                        len(batches) * e.bpd_num_passes, parallel.is_main_process())
+
+    def reporting(items):  # the likelihood asks for batch i + 1 when batch i is done
+        for i, b in enumerate(items):
+            if i:
+                progress.advance(e.bpd_num_passes)
+            yield b
+        progress.advance(e.bpd_num_passes)
+
     result = likelihood.dataset_bits_per_dim(
-        key, exp.sde_fn(params), exp.score_fn(params), batches, scaler=Scaler(d.num_levels, d.centered),
-        num_passes=cfg.bpd_num_passes, estimator=cfg.bpd_estimator, rtol=cfg.bpd_rtol,
-        atol=cfg.bpd_atol, t_min=cfg.bpd_t_min)
+        exp.keys.bpd(step), exp.sde_of(params), exp.score_fn(params), reporting(batches),
+        scaler=d.scaler, num_passes=e.bpd_num_passes, estimator=e.bpd_estimator,
+        rtol=e.bpd_rtol, atol=e.bpd_atol, t_min=e.bpd_t_min)
     out = {"bpd": result["bpd"], "bpd_se": result["bpd_se"],
            "bpd_num_examples": result["num_examples"], "bpd_nfe": result["nfe"]}
-    if exp.learned_schedule:
-        out["vlb_bpd"] = _vdm_bound(exp, params, batches, key)
+    if exp.loss_name == "vdm_vlb":
+        out["vlb_bpd"] = _vdm_bound(exp, params, batches, exp.keys.bpd(step))
     return out
 
 
 def _vdm_bound(exp, params, batches, key) -> float:
-    """VDM's continuous-time VLB of the same test images, in the same bits/dim units."""
-    from sde_lab import losses
-    from sde_lab.data import Scaler
+    """The trained loss (VDM's continuous-time VLB) of the test images, in bits/dim."""
+    d = exp.data
 
-    d = exp.config.data
-    loss = jax.jit(lambda p, x, k: losses.vdm_vlb_loss(
-        p, exp.score_model(), exp.sde_fn, x, k, num_levels=d.num_levels,
-        data_range=(-1.0, 1.0) if d.centered else (0.0, 1.0)))
-    scaler = Scaler(d.num_levels, d.centered)
-    total = sum(float(loss(params, scaler.to_model(b), jax.random.fold_in(key, i))) * len(b)
+    def bound(p, x, k):
+        sde = exp.sde_of(p)
+        return exp.loss(p["net"], exp.score_model(sde), sde, x, k)
+
+    loss = jax.jit(bound)
+    total = sum(float(loss(params, d.scaler.to_model(b), jax.random.fold_in(key, i))) * len(b)
                 for i, b in enumerate(batches))
     return total / sum(len(b) for b in batches)
 
 
-def evaluate_checkpoint(exp, workdir: str, step: int) -> dict:
-    from sde_lab import run as run_lib, sample, train
+class _TensorBoard:
+    """Eval scalars and sample grids in the run's TensorBoard, at the checkpoint's step."""
 
+    def __init__(self, workdir: str):
+        self.writer = None
+        if parallel.is_main_process():
+            from tensorboardX import SummaryWriter
+
+            self.writer = SummaryWriter(os.path.join(workdir, "tensorboard"),
+                                        filename_suffix=".eval")
+
+    def write(self, step: int, result: dict, png: str | None) -> None:
+        if self.writer is None:
+            return
+        for k, v in result.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step":
+                self.writer.add_scalar(f"eval/{k}", v, step)
+        if png:
+            from PIL import Image
+
+            image = np.asarray(Image.open(png).convert("RGB"))
+            self.writer.add_image("eval/samples", image, step, dataformats="HWC")
+        self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def evaluate_checkpoint(exp, workdir: str, step: int, tb: _TensorBoard | None = None) -> dict:
     out_path = os.path.join(workdir, "eval", f"{step}.json")
-    if os.path.exists(out_path):
-        print(f"eval of step {step} already in {out_path}", flush=True)
-        return {}
-    params, _ = train.restore_params(exp, workdir, step)
+    spec = eval_spec(exp)
+    spec_hash = _hash(spec)
+    previous = workdir_lib.read_json(out_path)
+    if previous is not None and previous.get("spec_hash") == spec_hash:
+        print(f"eval of step {step} with this spec already in {out_path}", flush=True)
+        return previous
+    params, _ = state_lib.restore_params(exp, workdir, step)
+    print(f"eval of step {step}: {exp.eval.num_samples} samples ({exp.sampler.name}), "
+          f"{exp.eval.feature_extractor} features"
+          f"{', bits/dim' if spec['bpd'] else ''}", flush=True)
     t0 = time.time()
     x, nfe = _sample_batches(exp, params, step, os.path.join(workdir, "eval", str(step)))
-    result = {"step": step, "num_samples": int(len(x)), "sampler": exp.config.sample.sampler,
+    result = {"step": step, "num_samples": int(len(x)), "sampler": exp.sampler.name,
               "nfe_per_sample": nfe, "sampling_seconds": round(time.time() - t0, 2)}
     result.update(_sample_metrics(exp, workdir, x))
     t1 = time.time()
     bpd = _bits_per_dim(exp, params, step)
     if bpd:
         result.update(bpd, bpd_seconds=round(time.time() - t1, 2))
+    result.update(spec=spec, spec_hash=spec_hash)
     if parallel.is_main_process():
         png = sample.save_grid(exp, x, os.path.join(workdir, "samples", f"eval_{step}.png"))
-        run_lib.write_json(out_path, result)
+        if previous is not None:
+            with open(os.path.join(workdir, "eval", "history.jsonl"), "a") as f:
+                f.write(json.dumps(previous, sort_keys=True) + "\n")
+        workdir_lib.write_json(out_path, result)
+        if tb is not None:
+            tb.write(step, result, png)
         summary = ", ".join(f"{k}={v:.4g}" for k, v in result.items()
                             if isinstance(v, float) and k not in ("sampling_seconds",))
-        print(f"eval step {step}: {summary}\n  wrote {out_path} and {png}", flush=True)
+        print(f"eval step {step}: {summary}\n  wrote {out_path} and {png} (grid of the first "
+              f"{sample.grid_count(exp, len(x))} samples)", flush=True)
     return result

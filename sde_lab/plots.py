@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 
-def scatter(path: str, x: np.ndarray, config) -> None:
-    """Samples (red dots) over a 2-D histogram of 200,000 true samples (grey)."""
+def scatter(path: str, x: np.ndarray, toy_set: str, dim: int) -> None:
+    """Samples (red dots) over a 2-D histogram of 200,000 true samples of `toy_set` (grey)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -14,7 +14,7 @@ def scatter(path: str, x: np.ndarray, config) -> None:
 
     from sde_lab import data
 
-    true = data.toy_distribution(config.data.dataset[4:], config.data.toy_dim).sample(
+    true = data.toy_distribution(toy_set, dim).sample(
         np.random.default_rng(0), 200_000)
     fig, axes = plt.subplots(1, 2, figsize=(8, 4), sharex=True, sharey=True)
     lim = np.abs(true[:, :2]).max() * 1.15

@@ -60,7 +60,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-DONE_FILE = "DONE"
+from sde_lab import workdir as workdir_lib
+
 SPEC_KEYS = ("config", "grid", "runs", "fixed")
 MAX_NAME_LEN = 120
 _KEY_RE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
@@ -70,23 +71,18 @@ _SCALARS = (str, int, float, bool, type(None))
 # -- completion -----------------------------------------------------------------------------
 
 def is_complete(workdir: str | pathlib.Path, num_steps: int | None = None) -> bool:
-    """True if `workdir/DONE` exists, or the finished checkpoint `checkpoints/<num_steps>`.
+    """True if training in `workdir` reached `num_steps`: its `DONE` records at least that
+    many steps, or the checkpoint `checkpoints/<num_steps>` exists.
 
     Orbax writes a checkpoint into a temporary directory and renames it to the bare step
-    number when complete, so that directory's existence means the final save finished.
+    number when complete, so that directory's existence means the final save finished. A
+    `DONE` of a shorter run (or an old marker without a step count) is not trusted.
     """
     workdir = pathlib.Path(workdir)
-    if (workdir / DONE_FILE).exists():
+    done = workdir_lib.done_steps(str(workdir))
+    if done is not None and (num_steps is None or done >= num_steps):
         return True
     return num_steps is not None and (workdir / "checkpoints" / str(int(num_steps))).is_dir()
-
-
-def mark_done(workdir: str | pathlib.Path) -> None:
-    """Writes `workdir/DONE` atomically (the runner calls this after a successful train)."""
-    workdir = pathlib.Path(workdir)
-    tmp = workdir / (DONE_FILE + ".tmp")
-    tmp.write_text("done\n")
-    tmp.replace(workdir / DONE_FILE)
 
 
 # -- sweep definition -----------------------------------------------------------------------
@@ -116,12 +112,24 @@ def load_sweep(path: str | pathlib.Path) -> Sweep:
     path = pathlib.Path(path)
     if not path.is_file():
         raise ValueError(f"sweep file {str(path)!r} does not exist")
+    if path.suffix != ".py":
+        raise ValueError(f"sweep file {str(path)!r} is not a Python file (*.py)")
     module_spec = importlib.util.spec_from_file_location(f"_sde_lab_sweep_{path.stem}", path)
     module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
+    try:
+        module_spec.loader.exec_module(module)
+    except SyntaxError as e:
+        raise ValueError(f"sweep file {str(path)!r}: syntax error at line {e.lineno}: "
+                         f"{e.msg}") from None
+    except Exception as e:  # the file's own code failed
+        raise ValueError(f"sweep file {str(path)!r}: {type(e).__name__}: {e}") from None
     if not callable(getattr(module, "get_sweep", None)):
         raise ValueError(f"{path} must define get_sweep() returning a dict with keys {SPEC_KEYS}")
-    return expand(module.get_sweep(), name=path.stem)
+    try:
+        spec = module.get_sweep()
+    except Exception as e:
+        raise ValueError(f"{path}: get_sweep() failed: {type(e).__name__}: {e}") from None
+    return expand(spec, name=path.stem)
 
 
 def expand(spec: dict, name: str = "sweep") -> Sweep:
@@ -218,14 +226,9 @@ def _config_num_steps(config: str, overrides: dict[str, Any]) -> int | None:
     """train.num_steps of the run: its override, else the base config's value, else None."""
     if "train.num_steps" in overrides:
         return int(overrides["train.num_steps"])
-    path, _, arg = config.partition(":")
-    module_spec = importlib.util.spec_from_file_location("_sde_lab_sweep_config", path)
-    if module_spec is None or not pathlib.Path(path).is_file():
-        raise ValueError(f"base config {path!r} of the sweep does not exist")
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    cfg = module.get_config(arg) if arg else module.get_config()
-    train = cfg.get("train") if hasattr(cfg, "get") else None
+    from sde_lab import experiment
+
+    train = experiment.load_config(config).get("train")
     return None if train is None or train.get("num_steps") is None else int(train["num_steps"])
 
 
@@ -367,7 +370,7 @@ def run_status(run: Run, root: pathlib.Path) -> str:
     workdir = run.workdir(root)
     if not workdir.exists():
         return "missing"
-    if (workdir / DONE_FILE).exists():
+    if workdir_lib.done_steps(str(workdir)) is not None:
         return "done"
     status = root / "logs" / f"{run.name}.status"
     if status.exists() and status.read_text().strip() not in ("", "0"):
@@ -430,9 +433,16 @@ def format_table(columns: list[str], rows: list[dict], fmt: str = "md") -> str:
 
 # -- command line ---------------------------------------------------------------------------
 
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad command line as one `error:` line (exit 2)."""
+
+    def error(self, message):
+        self.exit(2, f"error: {self.prog}: {' '.join(message.split())}\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m sde_lab.sweep", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="python -m sde_lab.sweep", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     run = sub.add_parser("run", help="expand a sweep and launch its incomplete runs")
     report = sub.add_parser("report", help="table of each run's latest eval/<step>.json")
     for p in (run, report):
@@ -459,18 +469,48 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_runs(sweep: Sweep) -> None:
+    """Applies every run's overrides to the base config as main.py would, so a mistyped key
+    or a value of the wrong type fails here in one line instead of in N launched jobs.
+    (Value ranges are checked by each run's main.py before it compiles anything.)"""
+    from sde_lab import experiment
+
+    base = experiment.load_config(sweep.config)
+    keys = set(experiment.flat_keys(base))
+    for run in sweep.runs:
+        config = base.copy_and_resolve_references()
+        for key, value in run.overrides.items():
+            if key not in keys:
+                raise ValueError(f"run {run.name}: {experiment.suggest(key, base)}")
+            try:
+                config.update_from_flattened_dict({key: value})
+            except (TypeError, ValueError, KeyError) as e:
+                raise ValueError(f"run {run.name}: {key}={value!r}: "
+                                 f"{' '.join(str(e).split())}") from None
+        try:
+            experiment.check_overrides(config, run.overrides)
+        except experiment.ConfigError as e:
+            raise ValueError(f"run {run.name}: {e}") from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0].endswith(".py"):  # `python -m sde_lab.sweep FILE ...` means `run`
         argv.insert(0, "run")
     args = _parser().parse_args(argv)
-    sweep = load_sweep(args.sweep_file)
-    root = pathlib.Path(args.root or pathlib.Path("workdirs") / sweep.name).absolute()
-    if args.command == "report":
-        columns, rows = report_rows(sweep, root, args.metric, args.descending)
-        print(format_table(columns, rows, args.format), end="")
-        return 0
-    return make_launcher(args.launcher)(sweep, root, args)
+    try:
+        sweep = load_sweep(args.sweep_file)
+        root = pathlib.Path(args.root or pathlib.Path("workdirs") / sweep.name).absolute()
+        if args.command == "report":
+            columns, rows = report_rows(sweep, root, args.metric, args.descending)
+            print(format_table(columns, rows, args.format), end="")
+            return 0
+        launcher = make_launcher(args.launcher)
+        check_runs(sweep)
+        return launcher(sweep, root, args)
+    except ValueError as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -1,66 +1,40 @@
 """Training: a pure jitted `train_step`, and the loop around it.
 
-Randomness: the key of step k is fold_in(step_root, k) with step_root from PRNGKey(seed), split into one key per example
-(so data-parallel runs draw the one-device noise), and the data of step k is a function of
+Randomness: the key of step k is `exp.keys.step(k)`, split into one key per example (so
+data-parallel runs draw the one-device noise), and the data of step k is a function of
 (seed, k) alone (`sde_lab.data`). With the state restored from a checkpoint, a resumed run
-therefore repeats an uninterrupted one bit for bit on the same machine.
+therefore repeats an uninterrupted one bit for bit on the same machine; the records it
+logged past that checkpoint before it was killed are dropped from metrics.jsonl and
+TensorBoard, so every step is logged once.
+
+Divergence: the loss, the gradient norm and the norms of the parameters and their EMA are
+checked at every log and checkpoint boundary; the first non-finite one stops the run
+naming the step, before any checkpoint after it is written.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
 import time
 from typing import Any, Callable
 
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from sde_lab import checkpointing, parallel
+from sde_lab import checkpointing, interrupts, parallel, sample, workdir as workdir_lib
 from sde_lab.losses import example_keys
+from sde_lab.progress import fmt_seconds
+from sde_lab.state import TrainState, init_state, learning_rate_schedule, make_optimizer
+
+WATCHED = ("loss", "grad_norm", "param_norm", "ema_norm")
 
 
-class NonFiniteLoss(RuntimeError):
+class NonFinite(RuntimeError):
     pass
-
-
-@flax.struct.dataclass
-class TrainState:
-    step: jax.Array
-    params: Any
-    ema_params: Any
-    opt_state: Any
-
-
-def make_optimizer(optim) -> optax.GradientTransformation:
-    """Adam(W) with linear warmup to `lr` (score_sde) and optional global-norm clipping."""
-    if optim.optimizer not in ("adam", "adamw"):
-        raise ValueError(f"optim.optimizer={optim.optimizer!r} is not valid; choose from "
-                         "['adam', 'adamw']")
-    schedule = learning_rate_schedule(optim)
-    if optim.optimizer == "adam":
-        opt = optax.adam(schedule, b1=optim.beta1, eps=optim.eps)
-    else:
-        opt = optax.adamw(schedule, b1=optim.beta1, eps=optim.eps, weight_decay=optim.weight_decay)
-    clip = [optax.clip_by_global_norm(optim.grad_clip)] if optim.grad_clip > 0 else []
-    return optax.chain(*clip, opt)
-
-
-def learning_rate_schedule(optim) -> Callable:
-    if optim.warmup_steps > 0:
-        return optax.linear_schedule(0.0, optim.lr, optim.warmup_steps)
-    return optax.constant_schedule(optim.lr)
-
-
-def init_state(params, optimizer) -> TrainState:
-    # The EMA starts as a copy, not an alias: the step donates both buffers.
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      ema_params=jax.tree.map(jnp.copy, params), opt_state=optimizer.init(params))
 
 
 def ema_decay(step, ema_rate: float):
@@ -80,7 +54,8 @@ def make_train_step(loss_fn: Callable, optimizer, ema_rate: float) -> Callable:
 
     `batch` leaves and `keys` are [B, k, ...]: k fused steps (k = steps per dispatch, a
     lax.scan), examples first so data parallelism shards the example axis. `reduce_fn`
-    averages across devices in pmap mode and is the identity under jit sharding.
+    averages across devices in pmap mode and is the identity under jit sharding. Metrics
+    per step: loss, grad_norm, and the global norms of the new parameters and EMA.
     """
 
     def train_step(state, batch, keys, reduce_fn):
@@ -93,7 +68,8 @@ def make_train_step(loss_fn: Callable, optimizer, ema_rate: float) -> Callable:
             decay = ema_decay(state.step, ema_rate)
             ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p,
                                state.ema_params, params)
-            metrics = {"loss": loss, "grad_norm": optax.global_norm(grads)}
+            metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads),
+                       "param_norm": optax.tree.norm(params), "ema_norm": optax.tree.norm(ema)}
             return TrainState(state.step + 1, params, ema, opt_state), metrics
 
         steps_first = jax.tree.map(lambda v: jnp.swapaxes(v, 0, 1), (batch, keys))
@@ -105,34 +81,27 @@ def make_train_step(loss_fn: Callable, optimizer, ema_rate: float) -> Callable:
     return train_step
 
 
-# ---------------------------------------------------------------- the loop
+# ---------------------------------------------------------------- logging
 
-class _Preemption:
-    """Turns SIGTERM into a flag the loop checks between steps."""
+class Logger:
+    """metrics.jsonl, TensorBoard events and a progress line, on the main process only.
 
-    def __init__(self):
-        self.requested = False
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
+    Started at `start_step` (a resume), it first drops the records past that step that a
+    killed run left behind, in the file and (TensorBoard's purge_step) in the event files.
+    """
 
-    def _handle(self, signum, frame):
-        del signum, frame
-        self.requested = True
-
-    def restore(self):
-        signal.signal(signal.SIGTERM, self._previous)
-
-
-class _Logger:
-    """metrics.jsonl, TensorBoard events and a progress line, on the main process only."""
-
-    def __init__(self, workdir: str, total_steps: int):
+    def __init__(self, workdir: str, total_steps: int, start_step: int = 0):
         self.main = parallel.is_main_process()
         self.total, self.t0, self.step0 = total_steps, time.time(), None
-        if self.main:
-            self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
-            from tensorboardX import SummaryWriter
+        if not self.main:
+            return
+        path = os.path.join(workdir, "metrics.jsonl")
+        _truncate_records(path, start_step)
+        self.jsonl = open(path, "a")
+        from tensorboardX import SummaryWriter
 
-            self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+        self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"),
+                                purge_step=start_step + 1 if start_step else None)
 
     def log(self, step: int, metrics: dict, examples_per_sec: float) -> None:
         if not self.main:
@@ -145,11 +114,12 @@ class _Logger:
         self.jsonl.flush()
         for k, v in record.items():
             if k != "step":
-                self.tb.add_scalar(k, v, step)
+                self.tb.add_scalar(f"train/{k}", v, step)
+        self.tb.flush()
         done = step - self.step0
         eta = (time.time() - self.t0) / done * (self.total - step) if done > 0 else float("nan")
         print(f"step {step}/{self.total}  loss {record['loss']:.5f}  "
-              f"{examples_per_sec:,.0f} ex/s  ETA {_fmt(eta)}", flush=True)
+              f"{examples_per_sec:,.0f} ex/s  ETA {fmt_seconds(eta)}", flush=True)
 
     def close(self):
         if self.main:
@@ -157,94 +127,114 @@ class _Logger:
             self.tb.close()
 
 
-def _fmt(seconds: float) -> str:
-    if not np.isfinite(seconds):
-        return "--"
-    m, s = divmod(int(seconds), 60)
-    return f"{m}m{s:02d}s"
+def _truncate_records(path: str, last_step: int) -> None:
+    """Keeps the records of metrics.jsonl with step <= last_step (atomic rewrite)."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        lines = f.readlines()
+    kept = []
+    for line in lines:
+        try:
+            if json.loads(line)["step"] <= last_step:
+                kept.append(line if line.endswith("\n") else line + "\n")
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue  # a line cut by a kill
+    if len(kept) != len(lines):
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            f.writelines(kept)
+        os.replace(tmp, path)
 
 
-def _first_nonfinite(pending: list[tuple[int, Any]]) -> int | None:
-    """Step number of the first non-finite loss among (first_step, losses[k]) records."""
-    for first, losses in pending:
-        values = np.asarray(losses)
-        bad = np.flatnonzero(~np.isfinite(values))
+def _first_nonfinite(pending: list[tuple[int, Any]]) -> tuple[int, str] | None:
+    """(step, metric) of the first non-finite watched metric among (first_step, metrics)."""
+    for first, metrics in pending:
+        host = parallel.to_host(metrics)
+        values = np.stack([np.asarray(host[k], np.float64) for k in WATCHED], -1)
+        bad = np.argwhere(~np.isfinite(values))
         if bad.size:
-            return first + int(bad[0]) + 1
+            i, j = bad[0]
+            return first + int(i) + 1, WATCHED[j]
     return None
 
 
-def train(exp, workdir: str) -> tuple[TrainState, bool]:
-    """Trains `exp` in `workdir`, resuming from the latest checkpoint.
+# ---------------------------------------------------------------- the loop
 
-    Returns the final state and whether the run stopped early on SIGTERM (after saving).
-    """
-    from sde_lab import run
-
-    cfg = exp.config
-    mesh = parallel.make_mesh()
-    optimizer = make_optimizer(cfg.optim)
-    step_fn = parallel.compile_step(
-        make_train_step(exp.loss_fn(), optimizer, cfg.optim.ema_rate), mesh,
-        mode=cfg.parallel.mode)
-    ckpt = checkpointing.Checkpointer(workdir, cfg.train.max_to_keep)
-    init_key, base_key = jax.random.split(jax.random.PRNGKey(cfg.seed))
-    state = init_state(exp.init_params(init_key), optimizer)
-    start = ckpt.latest_step()
-    if start is not None:
-        state = ckpt.restore(start, state)
+def _restore_or_init(exp, ckpt, optimizer, mesh):
+    state = init_state(exp.init_params(exp.keys.init), optimizer)
+    found = ckpt.restore_latest(state, at_most=exp.train.num_steps, set_aside=True)
+    start = 0
+    if found is not None:
+        state, start = found
         print(f"restored checkpoint at step {start}", flush=True)
-    state = parallel.replicate(state, mesh)
-    start = start or 0
+    return parallel.replicate(state, mesh), start
 
-    dataset = run.make_dataset(cfg, cfg.data.train_split, train=True)
-    global_batch, k = cfg.train.batch_size, cfg.train.steps_per_dispatch
-    logger, preempt = _Logger(workdir, cfg.train.num_steps), _Preemption()
+
+def train(exp, workdir: str) -> tuple[TrainState, interrupts.Flag]:
+    """Trains `exp` in `workdir`, resuming from the newest readable checkpoint.
+
+    Returns the final state and the interrupt flag (set if SIGTERM/SIGINT stopped the run
+    early, after saving a checkpoint).
+
+    Raises:
+      NonFinite: a watched metric became NaN or infinite (nothing after it is saved).
+    """
+    t = exp.train
+    mesh = parallel.make_mesh()
+    optimizer = make_optimizer(exp.optim)
+    step_fn = parallel.compile_step(
+        make_train_step(exp.loss_fn(), optimizer, exp.optim.ema_rate), mesh,
+        mode=exp.parallel.mode)
+    ckpt = checkpointing.Checkpointer(workdir, t.max_to_keep)
+    state, start = _restore_or_init(exp, ckpt, optimizer, mesh)
+    dataset = exp.data.make(exp.data.train_split, train=True, seed=exp.seed)
+    lr_fn = learning_rate_schedule(exp.optim)
+    logger = Logger(workdir, t.num_steps, start)
     pending: list[tuple[int, Any]] = []
     step, t_last, steps_since_log = start, time.time(), 0
     try:
-        while step < cfg.train.num_steps:
-            n = min(k, cfg.train.num_steps - step)
-            batch, keys = _gather_steps(dataset, base_key, step, n, global_batch)
-            state, metrics = step_fn(state, parallel.shard_batch(batch, mesh),
-                                     parallel.shard_batch(keys, mesh))
-            pending.append((step, metrics["loss"]))
-            step += n
-            steps_since_log += n
-            boundary = lambda every: every > 0 and step // every != (step - n) // every  # noqa
-            final = step >= cfg.train.num_steps
-            if boundary(cfg.train.log_every_steps) or final or preempt.requested or boundary(
-                    cfg.train.checkpoint_every_steps):
-                bad = _first_nonfinite(pending)
-                if bad is not None:
-                    raise NonFiniteLoss(f"non-finite loss at step {bad}; the run stopped and "
-                                        "no checkpoint after it was written")
-                pending.clear()
-            if boundary(cfg.train.log_every_steps) or final:
-                elapsed = time.time() - t_last
-                host = parallel.to_host(metrics)
-                lr = float(learning_rate_schedule(cfg.optim)(step))
-                logger.log(step, {"loss": host["loss"][-1], "grad_norm": host["grad_norm"][-1],
-                                  "learning_rate": lr}, steps_since_log * global_batch / elapsed)
-                t_last, steps_since_log = time.time(), 0
-            if boundary(cfg.train.checkpoint_every_steps) or final or preempt.requested:
-                ckpt.save(step, state)
-            if boundary(cfg.train.sample_every_steps) and parallel.is_main_process():
-                from sde_lab import sample
-
-                sample.write_grid(exp, state.ema_params, os.path.join(
-                    workdir, "samples", f"step_{step}.png"), jax.random.fold_in(base_key, step))
-            if preempt.requested:
-                print(f"SIGTERM: saved checkpoint at step {step}; exiting", flush=True)
-                break
+        with interrupts.deferred() as stop:
+            while step < t.num_steps:
+                n = min(t.steps_per_dispatch, t.num_steps - step)
+                batch, keys = _gather_steps(dataset, exp.keys, step, n, t.batch_size)
+                state, metrics = step_fn(state, parallel.shard_batch(batch, mesh),
+                                         parallel.shard_batch(keys, mesh))
+                pending.append((step, metrics))
+                step += n
+                steps_since_log += n
+                boundary = lambda every: every > 0 and step // every != (step - n) // every  # noqa
+                final = step >= t.num_steps
+                log_now = boundary(t.log_every_steps) or final
+                save_now = boundary(t.checkpoint_every_steps) or final or stop.requested
+                if log_now or save_now:
+                    bad = _first_nonfinite(pending)
+                    if bad is not None:
+                        raise NonFinite(f"non-finite {bad[1]} at step {bad[0]}; the run "
+                                        "stopped and no checkpoint after it was written")
+                    pending.clear()
+                if log_now:
+                    host = parallel.to_host(metrics)
+                    record = {k: host[k][-1] for k in ("loss", "grad_norm")}
+                    record["learning_rate"] = float(lr_fn(step))
+                    logger.log(step, record, steps_since_log * t.batch_size /
+                               (time.time() - t_last))
+                    t_last, steps_since_log = time.time(), 0
+                if save_now:
+                    ckpt.save(step, state)
+                if boundary(t.sample_every_steps) and parallel.is_main_process():
+                    sample.write_grid(exp, state.ema_params, os.path.join(
+                        workdir, "samples", f"step_{step}.png"), exp.keys.step(step))
+                if stop.requested:
+                    print(f"{stop.name}: saved checkpoint at step {step}; exiting", flush=True)
+                    break
     finally:
         logger.close()
-        preempt.restore()
         ckpt.close()
-    return state, preempt.requested
+    return state, stop
 
 
-def _gather_steps(dataset, base_key, step: int, n: int, global_batch: int):
+def _gather_steps(dataset, keys, step: int, n: int, global_batch: int):
     """This process's batches of steps step..step+n-1 and their per-example keys, stacked
     as [B_local, n, ...] (examples first, for sharding)."""
     pi, pc = jax.process_index(), jax.process_count()
@@ -254,43 +244,24 @@ def _gather_steps(dataset, base_key, step: int, n: int, global_batch: int):
     # Keys are derived on the host CPU device: on an accelerator these small ops would
     # otherwise queue behind the running train step and stall the input pipeline.
     with jax.default_device(jax.devices("cpu")[0]):
-        keys = np.stack([
-            np.asarray(example_keys(jax.random.fold_in(base_key, step + i), global_batch))[
+        ex_keys = np.stack([
+            np.asarray(example_keys(keys.step(step + i), global_batch))[
                 pi * local:(pi + 1) * local] for i in range(n)], 1)
-    return batch, keys
+    return batch, ex_keys
 
 
-def train_and_evaluate(exp, workdir: str) -> int:
-    """Trains; writes DONE when finished; then evaluates if `train.eval_at_end`."""
+def run(exp, workdir: str) -> int | None:
+    """--mode train: trains and writes DONE. Returns an exit code if the run stopped early
+    (interrupt: 0 for SIGTERM, 130 for SIGINT; non-finite metric: 1), None when done."""
+    if parallel.is_main_process():
+        workdir_lib.clear_done(workdir)
     try:
-        state, preempted = train(exp, workdir)
-    except NonFiniteLoss as e:
+        _, stop = train(exp, workdir)
+    except NonFinite as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 1
-    if preempted:
-        return 0
+    if stop.requested:
+        return stop.exit_code
     if parallel.is_main_process():
-        from sde_lab import sweep
-
-        sweep.mark_done(workdir)
-    if exp.config.train.eval_at_end:
-        from sde_lab import evaluate
-
-        return evaluate.run(exp, workdir, steps=[exp.config.train.num_steps])
-    return 0
-
-
-def restore_params(exp, workdir: str, step: int | None = None, ema: bool = True):
-    """(params, step) of checkpoint `step` (default: the latest): EMA params by default."""
-    ckpt = checkpointing.Checkpointer(workdir, max_to_keep=None)
-    try:
-        step = ckpt.latest_step() if step is None else step
-        if step is None:
-            raise FileNotFoundError(f"no checkpoint in {ckpt.directory}; train first "
-                                    "(--mode train)")
-        target = jax.eval_shape(lambda: init_state(exp.init_params(jax.random.PRNGKey(0)),
-                                                   make_optimizer(exp.config.optim)))
-        state = ckpt.restore(step, target)
-    finally:
-        ckpt.close()
-    return (state.ema_params if ema else state.params), step
+        workdir_lib.mark_done(workdir, exp.train.num_steps)
+    return None

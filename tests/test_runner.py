@@ -38,15 +38,11 @@ def _load_config(spec):
     return module.get_config(variant or None)
 
 
-def _restore(config_spec, workdir, step, **overrides):
-    from sde_lab import run, train
+def _restore(config_spec, workdir, step):
+    from sde_lab import experiment, state
 
-    config = _load_config(config_spec)
-    for k, v in overrides.items():
-        section, field = k.split(".")
-        config[section][field] = v
-    exp = run.build(config)
-    return train.restore_params(exp, str(workdir), step, ema=False)[0]
+    exp = experiment.build(_load_config(config_spec))
+    return state.restore_params(exp, str(workdir), step, ema=False)[0]
 
 
 def _wait_for(path_fn, proc, timeout=300):
@@ -130,6 +126,27 @@ def test_sigkill_then_resume_equals_uninterrupted_run_exactly(tmp_path, uninterr
 
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    # Every step is logged once, with the uninterrupted run's values, in both logs.
+    assert _logged(workdir) == _logged(uninterrupted)
+    assert [s for s, _ in _tb_scalars(workdir, "train/loss")] == list(range(10, 61, 10))
+    np.testing.assert_allclose([v for _, v in _tb_scalars(workdir, "train/loss")],
+                               [r["loss"] for r in _logged(uninterrupted)], rtol=1e-6)
+
+
+def _logged(workdir):
+    return [json.loads(line) | {"examples_per_sec": None}
+            for line in open(os.path.join(workdir, "metrics.jsonl"))]
+
+
+def _tb_scalars(workdir, tag):
+    """(step, value) of a TensorBoard scalar as TensorBoard shows it (its reader applies
+    purge_step, which a resumed run uses to drop what a killed run logged past its last
+    checkpoint)."""
+    from tensorboard.backend.event_processing import event_accumulator
+
+    acc = event_accumulator.EventAccumulator(os.path.join(workdir, "tensorboard"))
+    acc.Reload()
+    return [(e.step, e.value) for e in acc.Scalars(tag)]
 
 
 @pytest.mark.slow
@@ -157,10 +174,10 @@ def test_non_finite_loss_stops_without_overwriting_the_good_checkpoint(tmp_path,
     workdir = tmp_path / "nan"
     shutil.copytree(uninterrupted, workdir)
     out = _main([*TOY_ARGS, "--workdir", str(workdir), "--config.train.num_steps=90",
-                 "--config.optim.lr=1e30"])
+                 "--config.optim.lr=1e30", "--allow_config_change"])
     assert out.returncode == 1
     line = [ln for ln in out.stderr.splitlines() if ln.startswith("error:")]
-    match = re.search(r"non-finite loss at step (\d+)", line[0] if line else "")
+    match = re.search(r"non-finite \w+ at step (\d+)", line[0] if line else "")
     assert match, out.stderr[-2000:]
     # Resumed at 60: the first huge update is step 61's, so a loss goes non-finite before
     # the first checkpoint boundary (70) and nothing after step 60 is saved.
@@ -169,16 +186,16 @@ def test_non_finite_loss_stops_without_overwriting_the_good_checkpoint(tmp_path,
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--config.sde.name=vpp"], "sde.name='vpp' is not valid; choose from ['cosine_vp', 'subvp', 'vdm', 've', 'vp']"),
+    (["--config.sde.name=vpp"], "sde.name='vpp' is not valid; choose from ['cosine_vp', 'subvp',"),
     (["--config.model.name=unet"], "model.name='unet' is not valid; choose from"),
     (["--config.sample.sampler=rk4"], "sample.sampler='rk4' is not valid; choose from"),
-    (["--config.sample.sampler=unipc", "--config.sample.order=7"],
+    (["--config.sample.sampler=unipc", "--config.sample.unipc.order=7"],
      "unipc: unknown order '7'; available: [1, 2, 3, 4]"),
     (["--config.data.image_size=7"], "cannot take input (7, 7, 1)"),
     (["--config.data.dataset=cifar10", "--config.data.data_dir=/nonexistent_tfds"],
      "tfds build cifar10 --file_format=array_record"),
     (["--config.train.batchsize=3"], "unknown config field 'train.batchsize'; did you mean 'train.batch_size'"),
-    (["--config.sde.beta_min=30"], "vp: need 0 <= beta_min < beta_max"),
+    (["--config.sde.vp.beta_min=30"], "vp: need 0 <= beta_min < beta_max"),
 ])
 def test_bad_input_is_one_line_before_compilation(tmp_path, args, message):
     out = _main(["--config", "configs/digits.py:runlocal", "--workdir", str(tmp_path / "w"),
@@ -233,11 +250,172 @@ CONFIG_FILES = sorted(f for f in os.listdir(os.path.join(ROOT, "configs"))
 @pytest.mark.parametrize("name", CONFIG_FILES)
 def test_every_config_and_its_runlocal_variant_build(name):
     """Each experiment file builds its SDE, network and sampler (no data, no compile)."""
-    from sde_lab import run
+    from sde_lab import experiment
 
     for variant in ("", ":runlocal"):
         config = _load_config(f"configs/{name}{variant}")
-        exp = run.build(config)
-        exp.sampler()
+        experiment.check_shapes(experiment.build(config))
         if variant:
             assert config.train.num_steps <= 100 and config.model.size == "tiny"
+
+
+# ---------------------------------------------------------------- faults and workdir rules
+
+def _copy_run(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns(".*.lock"))
+    return dst
+
+
+def _error_line(out):
+    lines = [ln for ln in out.stderr.splitlines() if ln.startswith("error:")]
+    assert lines and "Traceback" not in out.stderr, out.stderr[-3000:]
+    return lines[-1]
+
+
+def test_a_second_trainer_on_a_workdir_fails_at_once(tmp_path):
+    from sde_lab import workdir
+
+    wd = tmp_path / "busy"
+    wd.mkdir()
+    with workdir.lock(str(wd), "train"):
+        t0 = time.time()
+        out = _main(["--config", TOY, "--workdir", str(wd)], timeout=300)
+    assert out.returncode == 1
+    assert "is in use: a train run (pid" in _error_line(out)
+    assert not os.path.exists(wd / "checkpoints") and time.time() - t0 < 300
+
+
+@pytest.mark.slow
+def test_resuming_with_a_different_config_needs_the_flag(tmp_path, uninterrupted):
+    wd = _copy_run(uninterrupted, tmp_path / "run")
+    out = _main([*TOY_ARGS, "--workdir", str(wd), "--config.optim.lr=0.5",
+                 "--config.sde.name=subvp"])
+    assert out.returncode == 1
+    line = _error_line(out)
+    assert "belongs to a run with another config (2 field(s) differ" in line
+    assert "optim.lr: 0.001 -> 0.5" in line and "sde.name: 'vp' -> 'subvp'" in line
+    # Longer training and another eval are not changes of the run.
+    out = _main([*TOY_ARGS, "--workdir", str(wd), "--config.train.num_steps=70",
+                 "--config.eval.num_samples=8"])
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "restored checkpoint at step 60" in out.stdout
+    out = _main([*TOY_ARGS, "--workdir", str(wd), "--config.train.num_steps=80",
+                 "--config.optim.lr=0.0005", "--allow_config_change"])
+    assert out.returncode == 0, out.stderr[-3000:]
+    changes = [json.loads(x) for x in open(wd / "config_changes.jsonl")]
+    assert changes[-1]["changes"] == ["optim.lr: 0.001 -> 0.0005"]
+    assert json.load(open(wd / "config.json"))["optim"]["lr"] == 0.0005
+
+
+@pytest.mark.slow
+def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, uninterrupted):
+    wd = _copy_run(uninterrupted, tmp_path / "damaged")
+    assert _checkpoints(wd) == [40, 50, 60]
+    for root, _, files in os.walk(wd / "checkpoints" / "60"):
+        for name in files:
+            with open(os.path.join(root, name), "r+b") as f:
+                f.truncate(max(0, os.path.getsize(os.path.join(root, name)) // 3))
+    out = _main(["--config", TOY, "--workdir", str(wd), "--mode", "sample",
+                 *TOY_ARGS[2:]])
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "warning: checkpoint 60" in out.stderr and "samples of step 50" in out.stdout
+    assert os.path.isdir(wd / "checkpoints" / "60")        # sample mode leaves it alone
+    out = _main([*TOY_ARGS, "--workdir", str(wd)])          # training sets it aside, redoes it
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "warning: checkpoint 60" in out.stderr
+    assert "restored checkpoint at step 50" in out.stdout
+    assert os.path.isdir(wd / "checkpoints" / "damaged_60") and 60 in _checkpoints(wd)
+    a, b = _restore(TOY, wd, 60), _restore(TOY, uninterrupted, 60)
+    import jax
+
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.mark.slow
+def test_eval_results_and_sample_caches_are_keyed_by_their_spec(tmp_path, uninterrupted):
+    """Another sampler or eval batch size never reuses saved sample batches; the result it
+    replaces in eval/<step>.json moves to eval/history.jsonl; the same spec is skipped."""
+    wd = _copy_run(uninterrupted, tmp_path / "ev")
+    base = [*TOY_ARGS, "--workdir", str(wd), "--mode", "eval", "--config.eval.checkpoints=60",
+            "--config.eval.num_samples=16", "--config.eval.batch_size=8"]
+    runs = [[], ["--config.sample.sampler=ddim", "--config.sample.ddim.num_steps=5"],
+            ["--config.eval.batch_size=16"], ["--config.eval.batch_size=16"]]
+    results = []
+    for extra in runs:
+        out = _main([*base, *extra])
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert "sampling (" in out.stdout or "already in" in out.stdout   # progress lines
+        results.append(json.load(open(wd / "eval" / "60.json")))
+    assert [r["sampler"] for r in results] == ["dpm_solver++", "ddim", "dpm_solver++",
+                                                "dpm_solver++"]
+    assert all(r["num_samples"] == 16 for r in results)
+    assert results[3] == results[2]                          # same spec: skipped
+    caches = sorted(p.name for p in (wd / "eval" / "60").iterdir())
+    assert len(caches) == 3 and all(c.startswith("samples-") for c in caches)
+    for cache in caches:
+        spec = json.load(open(wd / "eval" / "60" / cache / "spec.json"))
+        n = len([p for p in (wd / "eval" / "60" / cache).glob("samples_*.npz")])
+        assert n == 16 // spec["batch_size"]
+    history = [json.loads(x) for x in open(wd / "eval" / "history.jsonl")]
+    assert [h["sampler"] for h in history] == ["dpm_solver++", "ddim"]
+    steps = [s for s, _ in _tb_scalars(wd, "eval/sliced_wasserstein")]
+    assert steps and set(steps) == {60}
+
+
+def test_nonfinite_detection_watches_grads_params_and_ema():
+    import jax.numpy as jnp
+
+    from sde_lab import train
+
+    ok = {k: jnp.ones(3) for k in train.WATCHED}
+    bad = dict(ok, ema_norm=jnp.asarray([1.0, jnp.inf, 1.0]))
+    assert train._first_nonfinite([(10, ok)]) is None
+    assert train._first_nonfinite([(10, ok), (13, bad)]) == (15, "ema_norm")
+    assert train._first_nonfinite([(0, dict(ok, grad_norm=jnp.asarray([jnp.nan] * 3)))]) == (
+        1, "grad_norm")
+
+
+@pytest.mark.slow
+def test_huge_learning_rate_stops_on_the_first_nonfinite_gradient(tmp_path):
+    """lr = 1e10 keeps the loss finite for a while (1e23 once) but not the gradients: the
+    run must stop naming the step and keep no checkpoint after it."""
+    wd = tmp_path / "lr"
+    out = _main([*TOY_ARGS, "--workdir", str(wd), "--config.optim.lr=1e10",
+                 "--config.optim.grad_clip=0"])
+    assert out.returncode == 1
+    match = re.search(r"non-finite (\w+) at step (\d+)", _error_line(out))
+    assert match, out.stderr[-2000:]
+    bad_step = int(match.group(2))
+    assert all(s < bad_step for s in _checkpoints(wd)) and not os.path.exists(wd / "DONE")
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path):
+    workdir = tmp_path / "int"
+    args = [a.replace("num_steps=60", "num_steps=100000") for a in TOY_ARGS]
+    args = [a.replace("checkpoint_every_steps=10", "checkpoint_every_steps=50000") for a in args]
+    proc = subprocess.Popen([sys.executable, MAIN, *args, "--workdir", str(workdir)],
+                            env=_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    _wait_for(lambda: os.path.exists(workdir / "metrics.jsonl") and
+              os.path.getsize(workdir / "metrics.jsonl") > 0, proc)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-3000:]
+    steps = _checkpoints(workdir)
+    assert len(steps) == 1 and f"SIGINT: saved checkpoint at step {steps[0]}" in stdout
+    assert "Traceback" not in stderr and not os.path.exists(workdir / "DONE")
+
+
+def test_sigterm_during_start_up_exits_143_with_a_message(tmp_path):
+    proc = subprocess.Popen([sys.executable, MAIN, "--config", TOY, "--workdir",
+                             str(tmp_path / "s")], env=_env(), cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(3.0)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 143, stderr[-2000:]
+    assert stderr.strip().splitlines()[-1].startswith("error: interrupted by SIGTERM")

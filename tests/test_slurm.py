@@ -91,7 +91,7 @@ def run_sweep_on_slurm(repo: pathlib.Path, tmp: pathlib.Path) -> None:
 
         # Requeue task 1 after its first checkpoint, while it is still training.
         first = _wait(lambda: _checkpoint_steps(target), TIMEOUT_S, "the first checkpoint")
-        assert not (target / sweep.DONE_FILE).exists(), "run finished before the requeue"
+        assert not (target / "DONE").exists(), "run finished before the requeue"
         task = f"{job_id}_{REQUEUED_TASK}"
         cluster.run(["scontrol", "requeue", task])
         # Slurm holds a requeued batch job for ~2 minutes (BeginTime); release it now.

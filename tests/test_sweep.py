@@ -14,7 +14,7 @@ import textwrap
 
 import pytest
 
-from sde_lab import sweep
+from sde_lab import sweep, workdir
 
 CONFIG = """\
 import ml_collections
@@ -35,7 +35,8 @@ with open(workdir / "calls.txt", "a") as f:
     f.write(json.dumps(args) + "\\n")
 if any(a == "--config.train.lr=0.5" for a in args):
     sys.exit(3)  # a run that fails
-(workdir / "DONE").write_text("done")
+steps = [a.split("=")[1] for a in args if a.startswith("--config.train.num_steps=")]
+(workdir / "DONE").write_text(json.dumps({"num_steps": int(steps[0]) if steps else 7}))
 """
 
 GRID = {"config": "configs/toy.py:runlocal",
@@ -146,8 +147,18 @@ def test_is_complete(tmp_path):
     assert not sweep.is_complete(tmp_path, 5)    # only a partial save of the final step
     (tmp_path / "checkpoints" / "5").mkdir()
     assert sweep.is_complete(tmp_path, 5) and not sweep.is_complete(tmp_path, None)
-    sweep.mark_done(tmp_path)
+    workdir.mark_done(str(tmp_path), 5)
     assert sweep.is_complete(tmp_path, None) and (tmp_path / "DONE").exists()
+
+
+def test_a_stale_or_old_done_marker_is_not_trusted(tmp_path):
+    """A DONE of a 300-step run does not complete a sweep asking for 400 steps; an old
+    marker without a step count is not trusted either."""
+    workdir.mark_done(str(tmp_path), 300)
+    assert sweep.is_complete(tmp_path, 300) and sweep.is_complete(tmp_path, 200)
+    assert not sweep.is_complete(tmp_path, 400)
+    (tmp_path / "DONE").write_text("done\n")
+    assert not sweep.is_complete(tmp_path, 300) and not sweep.is_complete(tmp_path, None)
 
 
 def test_local_launcher_skips_complete_runs_and_resumes(repo, capsys):
@@ -155,7 +166,7 @@ def test_local_launcher_skips_complete_runs_and_resumes(repo, capsys):
     root = repo / "runs"
     s = sweep.load_sweep(path)
     (root / s.runs[0].name).mkdir(parents=True)
-    (root / s.runs[0].name / "DONE").write_text("")
+    workdir.mark_done(str(root / s.runs[0].name), 7)
     (root / s.runs[1].name / "checkpoints" / "7").mkdir(parents=True)   # runlocal: 7 steps
     (root / s.runs[2].name / "checkpoints" / "3").mkdir(parents=True)   # interrupted
     assert sweep.main(["run", str(path), "--root", str(root), "--parallel", "2"]) == 0
@@ -238,7 +249,7 @@ def test_slurm_launcher_submits_pending_runs_only(repo, tmp_path, monkeypatch, c
     root = repo / "runs"
     s = sweep.load_sweep(path)
     (root / s.runs[0].name).mkdir(parents=True)
-    (root / s.runs[0].name / "DONE").write_text("")
+    workdir.mark_done(str(root / s.runs[0].name), 7)
     assert sweep.main(["run", str(path), "--launcher=slurm", "--root", str(root)]) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1] == "4242"
     submitted = (tmp_path / "submitted.sbatch").read_text()
@@ -248,9 +259,9 @@ def test_slurm_launcher_submits_pending_runs_only(repo, tmp_path, monkeypatch, c
 
 # -- report ----------------------------------------------------------------------------------
 
-def write_eval(workdir: pathlib.Path, step: int, **metrics):
-    (workdir / "eval").mkdir(parents=True, exist_ok=True)
-    (workdir / "eval" / f"{step}.json").write_text(json.dumps(metrics))
+def write_eval(run_dir: pathlib.Path, step: int, **metrics):
+    (run_dir / "eval").mkdir(parents=True, exist_ok=True)
+    (run_dir / "eval" / f"{step}.json").write_text(json.dumps(metrics))
 
 
 def test_report_takes_latest_eval_sorts_and_marks_missing(repo):
@@ -260,7 +271,7 @@ def test_report_takes_latest_eval_sorts_and_marks_missing(repo):
     write_eval(w[0], 5, fid=30.0, bpd=3.1)
     write_eval(w[0], 10, fid=12.5, bpd=3.0)      # latest step wins
     write_eval(w[0], 9, fid=99.0)
-    (w[0] / "DONE").write_text("")
+    workdir.mark_done(str(w[0]), 7)
     write_eval(w[1], 10, fid=8.25, bpd=3.3)
     w[2].mkdir(parents=True)                      # started, no eval yet; run 3 never started
     columns, rows = sweep.report_rows(s, root, metric="fid")

@@ -1,0 +1,578 @@
+"""Config -> typed experiment: the one place that reads an ml-collections config.
+
+`build(config)` checks every field (names against the registries, numbers against their
+ranges, sizes against each other) and returns a frozen `Experiment` of typed objects: the
+SDE, the network and its parameterization, the bound loss, the sampler, and frozen specs
+of the data, training, optimizer, evaluation and parallel settings. The runners below it
+(`sample`, `train`, `evaluate`) take an `Experiment` and never see the config. A bad value
+raises `ConfigError` with one line that names the field and what is valid; nothing has
+been compiled at that point.
+
+PRNG streams: every key derives from `seed` through the named offsets of `Keys`, in this
+file only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import os
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from sde_lab import data as data_lib
+from sde_lab import losses, models, parameterization, samplers, sdes
+from sde_lab.registry import section_name
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; main.py prints it as one `error:` line."""
+
+
+PARALLEL_MODES = ("jit", "pmap")
+OPTIMIZERS = ("adam", "adamw")
+FEATURE_EXTRACTORS = ("digits", "inception", "none")
+BPD_ESTIMATORS = ("hutchinson", "exact")
+
+
+# ---------------------------------------------------------------- checks
+
+def _require(ok: bool, field: str, value: Any, what: str) -> None:
+    if not ok:
+        raise ConfigError(f"{field}={value!r} is not valid: {what}")
+
+
+def _choice(field: str, value: Any, choices) -> None:
+    if value not in choices:
+        raise ConfigError(f"{field}={value!r} is not valid; choose from {sorted(choices)}")
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _positive_int(field: str, value) -> None:
+    _require(isinstance(value, int) and value >= 1, field, value, "must be an int >= 1")
+
+
+def _nonnegative_int(field: str, value) -> None:
+    _require(isinstance(value, int) and value >= 0, field, value, "must be an int >= 0")
+
+
+# config section -> (field that names the choice, registry of the choices)
+CHOICE_SECTIONS = {"sde": ("name", sdes.REGISTRY), "loss": ("name", losses.REGISTRY),
+                   "sample": ("sampler", samplers.REGISTRY)}
+
+
+def _registry_options(config: ml_collections.ConfigDict, section: str) -> tuple[str, dict]:
+    """(chosen name, its options) from `config.<section>`: a `name`-like field and one
+    sub-section per registry entry, of which only the chosen one is read."""
+    field, registry = CHOICE_SECTIONS[section]
+    name = config[section][field]
+    _choice(f"{section}.{field}", name, registry.available())
+    return name, dict(config[section][section_name(name)].items())
+
+
+def check_overrides(config: ml_collections.ConfigDict, keys) -> None:
+    """Overrides (command line, sweep) must be read: setting `sample.ddim.eta` while
+    `sample.sampler` is 'heun' is an error, not silently dropped. (A config file may set
+    defaults in several sections; only explicit overrides are checked.)"""
+    for key in keys:
+        parts = key.split(".")
+        if len(parts) < 3 or parts[0] not in CHOICE_SECTIONS:
+            continue
+        field, registry = CHOICE_SECTIONS[parts[0]]
+        chosen = config[parts[0]][field]
+        entries = {section_name(n): n for n in registry.available()}
+        if parts[1] != section_name(chosen) and parts[1] in entries:
+            raise ConfigError(f"{key} is set but {parts[0]}.{field}={chosen!r}; that section "
+                              f"is read only when {parts[0]}.{field}={entries[parts[1]]!r}")
+
+
+def _make(factory: Callable, name: str, options: dict[str, Any], prefix: str):
+    try:
+        return factory(name, **options)
+    except ValueError as e:
+        raise ConfigError(f"{prefix}: {e}") from None
+
+
+# ---------------------------------------------------------------- frozen specs
+
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+    """Where the data comes from and how it is scaled (`data.*`)."""
+
+    dataset: str
+    data_dir: str | None
+    center_crop: int
+    image_size: int
+    num_channels: int
+    num_levels: int
+    centered: bool
+    random_flip: bool
+    uniform_dequantization: bool
+    train_split: str
+    eval_split: str
+    toy_dim: int
+
+    @property
+    def is_toy(self) -> bool:
+        return self.dataset.startswith("toy:")
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        if self.is_toy:
+            return (self.toy_dim,)
+        return (self.image_size, self.image_size, self.num_channels)
+
+    @functools.cached_property
+    def scaler(self) -> data_lib.Scaler:
+        return data_lib.Scaler(self.num_levels, self.centered)
+
+    @property
+    def data_range(self) -> tuple[float, float]:
+        return (-1.0, 1.0) if self.centered else (0.0, 1.0)
+
+    def make(self, split: str, train: bool, seed: int) -> data_lib.Dataset:
+        """The dataset split; a TFDS set that is not prepared -> ConfigError with the command."""
+        try:
+            return data_lib.make(
+                self.dataset, split, num_levels=self.num_levels, centered=self.centered,
+                image_size=self.image_size, random_flip=self.random_flip,
+                uniform_dequantization=self.uniform_dequantization, data_dir=self.data_dir,
+                toy_dim=self.toy_dim, seed=seed, train=train, center_crop=self.center_crop)
+        except (ValueError, FileNotFoundError) as e:
+            raise ConfigError(str(e)) from None
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSpec:
+    batch_size: int
+    num_steps: int
+    steps_per_dispatch: int
+    log_every_steps: int
+    checkpoint_every_steps: int
+    sample_every_steps: int
+    max_to_keep: int
+    eval_at_end: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimSpec:
+    optimizer: str
+    lr: float
+    beta1: float
+    beta2: float
+    eps: float
+    weight_decay: float
+    warmup_steps: int
+    grad_clip: float
+    ema_rate: float
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerSpec:
+    """The configured sampler: `name`, its options, and how many samples `--mode sample`
+    draws in batches of `batch_size`."""
+
+    name: str
+    options: tuple[tuple[str, Any], ...]
+    num_samples: int
+    batch_size: int
+
+    def make(self, **hooks):
+        """samplers.make(name, **options, **hooks) (hooks: project_fn, guidance_fn)."""
+        opts = {k: v for k, v in self.options if v is not None}
+        return samplers.make(self.name, **opts, **hooks)
+
+    def describe(self) -> dict[str, Any]:
+        return {"sampler": self.name, **dict(self.options)}
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSpec:
+    num_samples: int
+    batch_size: int
+    feature_extractor: str
+    inception_weights: str
+    reference_stats: str
+    enable_bpd: bool
+    bpd_num_passes: int
+    bpd_num_examples: int
+    bpd_rtol: float
+    bpd_atol: float
+    bpd_estimator: str
+    bpd_t_min: float
+    checkpoints: tuple[int, ...] | None
+    wait_seconds: float
+
+
+@dataclasses.dataclass(frozen=True)
+class ParallelSpec:
+    mode: str
+    coordinator_address: str | None
+    num_processes: int | None
+    process_id: int | None
+
+
+class Keys:
+    """Named PRNG streams derived from the seed (the offsets keep earlier runs' numbers)."""
+
+    SAMPLE = 10**6      # --mode sample of checkpoint `step`
+    EVAL = 2 * 10**6    # eval samples of checkpoint `step`
+    BPD = 3 * 10**6     # eval bits/dim of checkpoint `step`
+
+    def __init__(self, seed: int):
+        self.root = jax.random.PRNGKey(seed)
+        self.init, self.train = jax.random.split(self.root)
+
+    def step(self, step: int):
+        """Key of training step `step` (split per example by the loss)."""
+        return jax.random.fold_in(self.train, step)
+
+    def sample(self, step: int):
+        return jax.random.fold_in(self.root, self.SAMPLE + step)
+
+    def eval(self, step: int):
+        return jax.random.fold_in(self.root, self.EVAL + step)
+
+    def bpd(self, step: int):
+        return jax.random.fold_in(self.root, self.BPD + step)
+
+
+# ---------------------------------------------------------------- the experiment
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Experiment:
+    """Everything the runners need, typed and frozen.
+
+    Parameters are {"net": network variables, "sde": the SDE's own (learned schedule;
+    {} otherwise)}; `sde_of(params)` binds them, so the runners never ask which SDE it is.
+    """
+
+    seed: int
+    sde: sdes.SDE
+    net: Any
+    param: parameterization.Parameterization
+    loss: Callable
+    loss_name: str
+    num_classes: int
+    data: DataSpec
+    train: TrainSpec
+    optim: OptimSpec
+    sampler: SamplerSpec
+    eval: EvalSpec
+    parallel: ParallelSpec
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.data.shape
+
+    @functools.cached_property
+    def keys(self) -> Keys:
+        return Keys(self.seed)
+
+    def sde_of(self, params) -> sdes.SDE:
+        return self.sde.bind(params["sde"])
+
+    def init_params(self, key) -> dict:
+        x = jnp.zeros((1,) + self.shape)
+        kwargs = {"y": jnp.zeros((1,), jnp.int32)} if self.num_classes > 0 else {}
+        return {"net": self.net.init(key, x, jnp.zeros((1,)), **kwargs),
+                "sde": self.sde.init(key)}
+
+    def apply_fn(self, labels=None, train: bool = False, dropout_key=None) -> Callable:
+        """apply(net_params, x_in, cond) with labels and dropout bound."""
+        kwargs = {}
+        if self.num_classes > 0:
+            kwargs["y"] = labels
+        if train and dropout_key is not None and getattr(self.net, "dropout", 0.0) > 0:
+            kwargs.update(train=True, rngs={"dropout": dropout_key})
+        return functools.partial(_apply, self.net, kwargs=kwargs)
+
+    def score_model(self, sde: sdes.SDE, labels=None, train: bool = False,
+                    dropout_key=None) -> Callable:
+        """score(net_params, x, t) of the network under `sde`."""
+        return self.param.score_model(self.apply_fn(labels, train, dropout_key), sde)
+
+    @functools.cached_property
+    def _eval_score(self) -> Callable:
+        return functools.partial(_eval_score, self)
+
+    def score_fn(self, params, labels=None) -> Callable:
+        """A pure score_fn(x, t) of `params` (eval mode), for samplers and the likelihood.
+
+        A `jax.tree_util.Partial` of one cached function, so jitted callers that take the
+        score as an argument do not recompile for new parameters.
+        """
+        return jax.tree_util.Partial(self._eval_score, params, labels)
+
+    def loss_fn(self) -> Callable:
+        """loss(params, batch, example_keys) -> scalar, for the train step."""
+
+        def fn(params, batch, keys):
+            sde = self.sde_of(params)
+            dropout_key = jax.random.fold_in(keys[0], 1)
+            model = self.score_model(sde, batch.get("label"), True, dropout_key)
+            return self.loss(params["net"], model, sde, batch["x"], keys)
+
+        return fn
+
+
+def _apply(net, params, x, cond, kwargs):
+    return net.apply(params, x, cond, **kwargs)
+
+
+def _eval_score(exp: Experiment, params, labels, x, t):
+    sde = exp.sde_of(params)
+    return exp.score_model(sde, labels)(params["net"], x, t)
+
+
+# ---------------------------------------------------------------- building
+
+def _sde(config) -> sdes.SDE:
+    name, options = _registry_options(config, "sde")
+    return _make(sdes.make, name, options, f"sde.{section_name(name)}")
+
+
+def _net(config):
+    m = config.model
+    _choice("model.name", m.name, models.available())
+    _choice("model.size", m.size, models.sizes(m.name))
+    _choice("model.parameterization", m.parameterization, parameterization.available())
+    _require(m.dropout == -1.0 or 0.0 <= m.dropout < 1.0, "model.dropout", m.dropout,
+             "must be in [0, 1), or -1 for the size's own")
+    _nonnegative_int("model.num_classes", m.num_classes)
+    fields = {}
+    if m.num_classes > 0:
+        fields["num_classes"] = m.num_classes
+    if m.dropout >= 0:
+        fields["dropout"] = m.dropout
+    try:
+        return models.make(m.name, size=m.size, **fields)
+    except ValueError as e:
+        raise ConfigError(f"model: {e}") from None
+
+
+def _data(config) -> DataSpec:
+    d = config.data
+    if d.dataset.startswith("toy:"):
+        _choice("data.dataset", d.dataset, [f"toy:{s}" for s in data_lib.TOY_SETS])
+        _positive_int("data.toy_dim", d.toy_dim)
+    else:
+        _positive_int("data.image_size", d.image_size)
+        _positive_int("data.num_channels", d.num_channels)
+        _nonnegative_int("data.center_crop", d.center_crop)
+    _require(isinstance(d.num_levels, int) and d.num_levels >= 2, "data.num_levels",
+             d.num_levels, "must be an int >= 2")
+    return DataSpec(d.dataset, d.data_dir or None, d.center_crop, d.image_size,
+                    d.num_channels, d.num_levels, d.centered, d.random_flip,
+                    d.uniform_dequantization, d.train_split, d.eval_split, d.toy_dim)
+
+
+def _loss(config, sde: sdes.SDE, data: DataSpec) -> tuple[str, Callable]:
+    name, options = _registry_options(config, "loss")
+    prefix = f"loss.{section_name(name)}"
+    if "eps" in options:  # needs the SDE: checked here, not by losses.make
+        _require(_finite(options["eps"]) and 0 < options["eps"] < sde.T, f"{prefix}.eps",
+                 options["eps"], f"the smallest training time must be in (0, T={sde.T})")
+    if name == "vdm_vlb":
+        mean_coeff, std = (float(v) for v in sde.marginal(jnp.asarray(sde.T)))
+        _require(abs(std - 1.0) < 1e-2 and abs(mean_coeff) < 1e-2, "loss.name", name,
+                 "VDM's bound needs an SDE whose prior is N(0, I) (the VP family), not "
+                 f"sde.name={config.sde.name!r}")
+        options = dict(options, num_levels=data.num_levels, data_range=data.data_range)
+    elif getattr(sde, "learned", False):
+        raise ConfigError(f"sde.{config.sde.name}.learned=True trains the noise schedule by "
+                          f"VDM's bound: it needs loss.name='vdm_vlb', not {name!r}")
+    return name, _make(losses.make, name, options, prefix)
+
+
+def _train(config) -> TrainSpec:
+    t = config.train
+    for field in ("batch_size", "num_steps", "steps_per_dispatch", "max_to_keep"):
+        _positive_int(f"train.{field}", t[field])
+    for field in ("log_every_steps", "checkpoint_every_steps", "sample_every_steps"):
+        _nonnegative_int(f"train.{field}", t[field])
+    return TrainSpec(t.batch_size, t.num_steps, t.steps_per_dispatch, t.log_every_steps,
+                     t.checkpoint_every_steps, t.sample_every_steps, t.max_to_keep,
+                     t.eval_at_end)
+
+
+def _optim(config) -> OptimSpec:
+    o = config.optim
+    _choice("optim.optimizer", o.optimizer, OPTIMIZERS)
+    _require(_finite(o.lr) and o.lr > 0, "optim.lr", o.lr, "must be finite and > 0")
+    for field in ("beta1", "beta2", "ema_rate"):
+        _require(_finite(o[field]) and 0 <= o[field] < 1, f"optim.{field}", o[field],
+                 "must be in [0, 1)")
+    _require(_finite(o.eps) and o.eps > 0, "optim.eps", o.eps, "must be finite and > 0")
+    _require(_finite(o.weight_decay) and o.weight_decay >= 0, "optim.weight_decay",
+             o.weight_decay, "must be finite and >= 0")
+    _nonnegative_int("optim.warmup_steps", o.warmup_steps)
+    _require(_finite(o.grad_clip), "optim.grad_clip", o.grad_clip,
+             "must be finite (<= 0 disables clipping)")
+    return OptimSpec(o.optimizer, o.lr, o.beta1, o.beta2, o.eps, o.weight_decay,
+                     o.warmup_steps, o.grad_clip, o.ema_rate)
+
+
+def _sampler(config) -> SamplerSpec:
+    name, options = _registry_options(config, "sample")
+    spec = SamplerSpec(name, tuple(sorted(options.items())), config.sample.num_samples,
+                       config.sample.batch_size)
+    _positive_int("sample.num_samples", spec.num_samples)
+    _positive_int("sample.batch_size", spec.batch_size)
+    try:
+        spec.make()  # checks every option's value
+    except ValueError as e:
+        raise ConfigError(f"sample.{section_name(name)}: {e}") from None
+    return spec
+
+
+def _eval(config, sde: sdes.SDE) -> EvalSpec:
+    e = config.eval
+    _positive_int("eval.num_samples", e.num_samples)
+    _positive_int("eval.batch_size", e.batch_size)
+    _choice("eval.feature_extractor", e.feature_extractor, FEATURE_EXTRACTORS)
+    _choice("eval.bpd_estimator", e.bpd_estimator, BPD_ESTIMATORS)
+    _positive_int("eval.bpd_num_passes", e.bpd_num_passes)
+    _nonnegative_int("eval.bpd_num_examples", e.bpd_num_examples)
+    for field in ("bpd_rtol", "bpd_atol"):
+        _require(_finite(e[field]) and e[field] > 0, f"eval.{field}", e[field],
+                 "must be finite and > 0")
+    _require(_finite(e.bpd_t_min) and 0 < e.bpd_t_min < sde.T, "eval.bpd_t_min", e.bpd_t_min,
+             f"must be in (0, T={sde.T})")
+    _require(_finite(e.wait_seconds) and e.wait_seconds >= 0, "eval.wait_seconds",
+             e.wait_seconds, "must be >= 0")
+    steps = None
+    if e.checkpoints.strip():
+        try:
+            steps = tuple(int(s) for s in e.checkpoints.split(","))
+        except ValueError:
+            raise ConfigError(f"eval.checkpoints={e.checkpoints!r} is not valid: give "
+                              "comma-separated step numbers, e.g. '500,1000'") from None
+    return EvalSpec(e.num_samples, e.batch_size, e.feature_extractor, e.inception_weights,
+                    e.reference_stats, e.enable_bpd, e.bpd_num_passes, e.bpd_num_examples,
+                    e.bpd_rtol, e.bpd_atol, e.bpd_estimator, e.bpd_t_min, steps,
+                    e.wait_seconds)
+
+
+def parallel_spec(config) -> ParallelSpec:
+    p = config.parallel
+    _choice("parallel.mode", p.mode, PARALLEL_MODES)
+    _nonnegative_int("parallel.num_processes", p.num_processes)
+    _require(isinstance(p.process_id, int) and p.process_id >= -1, "parallel.process_id",
+             p.process_id, "must be an int >= 0, or -1 (from the environment)")
+    return ParallelSpec(p.mode, p.coordinator_address or None, p.num_processes or None,
+                        None if p.process_id < 0 else p.process_id)
+
+
+def build(config: ml_collections.ConfigDict) -> Experiment:
+    """Checks the config and builds the experiment (no data read, nothing compiled).
+
+    Raises:
+      ConfigError: the first bad field, in one line naming it and what is valid.
+    """
+    _require(isinstance(config.seed, int), "seed", config.seed, "must be an int")
+    sde = _sde(config)
+    data = _data(config)
+    loss_name, loss = _loss(config, sde, data)
+    return Experiment(
+        seed=config.seed, sde=sde, net=_net(config),
+        param=parameterization.make(config.model.parameterization), loss=loss,
+        loss_name=loss_name, num_classes=config.model.num_classes, data=data,
+        train=_train(config), optim=_optim(config), sampler=_sampler(config),
+        eval=_eval(config, sde), parallel=parallel_spec(config))
+
+
+def check_shapes(exp: Experiment) -> None:
+    """Shape-only traces (nothing is computed or compiled): the network's init rejects image
+    sizes it cannot take; the sampler, run on this SDE with a stand-in score, rejects
+    options that are wrong only for it (t_min outside (0, T), sigma_max below the noise at
+    t_min, a grid its discrete chain cannot take)."""
+    try:  # the key is made inside: nothing runs eagerly
+        jax.eval_shape(lambda: exp.init_params(jax.random.PRNGKey(0)))
+    except ValueError as e:
+        raise ConfigError(f"model {type(exp.net).__name__} cannot take input {exp.shape}: "
+                          f"{e}") from None
+    sample_fn = exp.sampler.make()
+
+    def probe():
+        key = jax.random.PRNGKey(0)
+        return sample_fn(key, exp.sde_of(exp.init_params(key)), lambda x, t: -x,
+                         (1,) + exp.shape)
+
+    try:
+        jax.eval_shape(probe)
+    except ValueError as e:
+        raise ConfigError(f"sample.{section_name(exp.sampler.name)}: "
+                          f"{' '.join(str(e).split())}") from None
+
+
+def count_params(tree) -> int:
+    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
+
+
+# ---------------------------------------------------------------- config files
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+    """Loads `path[:variant]` the way main.py's --config flag does (get_config(variant)).
+
+    Raises:
+      ConfigError: a missing or unreadable file, a syntax error, no get_config, a variant
+        the file rejects, or a result that is not a ConfigDict; one line each.
+    """
+    import importlib.util
+    import traceback
+
+    path, _, variant = spec.partition(":")
+    if not path:
+        raise ConfigError("--config is empty; give a config file, e.g. configs/digits.py")
+    if not os.path.exists(path):
+        raise ConfigError(f"--config {path!r}: no such file")
+    if not os.path.isfile(path) or not path.endswith(".py"):
+        raise ConfigError(f"--config {path!r}: not a Python config file (*.py)")
+    module_spec = importlib.util.spec_from_file_location("_sde_lab_config", path)
+    module = importlib.util.module_from_spec(module_spec)
+    try:
+        module_spec.loader.exec_module(module)
+    except SyntaxError as e:
+        raise ConfigError(f"--config {path!r}: syntax error at line {e.lineno}: {e.msg}") from None
+    except Exception as e:  # the file's own code failed: show where, in one line
+        where = traceback.extract_tb(e.__traceback__)[-1]
+        raise ConfigError(f"--config {path!r}: {type(e).__name__}: {e} (at "
+                          f"{os.path.basename(where.filename)}:{where.lineno})") from None
+    if not callable(getattr(module, "get_config", None)):
+        raise ConfigError(f"--config {path!r} defines no get_config()")
+    try:
+        config = module.get_config(variant) if variant else module.get_config()
+    except Exception as e:  # e.g. ValueError for an unknown variant
+        raise ConfigError(f"--config {spec!r}: {' '.join(str(e).split())}") from None
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ConfigError(f"--config {spec!r}: get_config() returned a "
+                          f"{type(config).__name__}, not an ml_collections.ConfigDict")
+    return config
+
+
+def flat_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+    out = []
+    for k, v in config.items():
+        if isinstance(v, ml_collections.ConfigDict):
+            out += flat_keys(v, f"{prefix}{k}.")
+        else:
+            out.append(f"{prefix}{k}")
+    return out
+
+
+def suggest(key: str, config: ml_collections.ConfigDict) -> str:
+    """'unknown config field X; did you mean ...?' with the closest valid names."""
+    import difflib
+
+    close = difflib.get_close_matches(key, flat_keys(config), n=3, cutoff=0.6)
+    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    return f"unknown config field '{key}'{hint}"

@@ -1,0 +1,81 @@
+"""The train state (parameters, their EMA, optimizer state) and reading it back.
+
+Parameters are {"net": network variables, "sde": the SDE's trainable parameters ({} for
+a fixed SDE)}; the EMA has the same structure and is what sampling and evaluation use.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from sde_lab import checkpointing
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    ema_params: Any
+    opt_state: Any
+
+
+def learning_rate_schedule(optim) -> Callable:
+    """Linear warmup from 0 to `optim.lr` over `warmup_steps` (score_sde), then constant."""
+    if optim.warmup_steps > 0:
+        return optax.linear_schedule(0.0, optim.lr, optim.warmup_steps)
+    return optax.constant_schedule(optim.lr)
+
+
+def make_optimizer(optim) -> optax.GradientTransformation:
+    """Adam(W) with the learning-rate schedule and optional global-norm clipping."""
+    schedule = learning_rate_schedule(optim)
+    if optim.optimizer == "adam":
+        opt = optax.adam(schedule, b1=optim.beta1, b2=optim.beta2, eps=optim.eps)
+    else:
+        opt = optax.adamw(schedule, b1=optim.beta1, b2=optim.beta2, eps=optim.eps,
+                          weight_decay=optim.weight_decay)
+    clip = [optax.clip_by_global_norm(optim.grad_clip)] if optim.grad_clip > 0 else []
+    return optax.chain(*clip, opt)
+
+
+def init_state(params, optimizer) -> TrainState:
+    # The EMA starts as a copy, not an alias: the step donates both buffers.
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      ema_params=jax.tree.map(jnp.copy, params),
+                      opt_state=optimizer.init(params))
+
+
+def abstract_state(exp) -> TrainState:
+    """Shapes and dtypes of `exp`'s train state (nothing computed)."""
+    return jax.eval_shape(lambda: init_state(exp.init_params(jax.random.PRNGKey(0)),
+                                             make_optimizer(exp.optim)))
+
+
+def restore_params(exp, workdir: str, step: int | None = None, ema: bool = True):
+    """(params, step) of checkpoint `step`, or of the newest readable one: EMA by default.
+
+    Raises:
+      FileNotFoundError: no (readable) checkpoint, or no checkpoint `step`.
+    """
+    ckpt = checkpointing.Checkpointer(workdir, max_to_keep=None)
+    try:
+        target = abstract_state(exp)
+        if step is None:
+            found = ckpt.restore_latest(target)
+            if found is None:
+                raise FileNotFoundError(f"no readable checkpoint in {ckpt.directory}; train "
+                                        "first (--mode train)")
+            state, step = found
+        else:
+            if step not in ckpt.steps():
+                raise FileNotFoundError(f"no checkpoint {step} in {ckpt.directory}; it has "
+                                        f"{ckpt.steps()}")
+            state = ckpt.restore(step, target)
+    finally:
+        ckpt.close()
+    return (state.ema_params if ema else state.params), step
