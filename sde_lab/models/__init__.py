@@ -12,6 +12,8 @@ Pair each network with the parameterization whose conditioning it was built for:
 Fourier-embedding NCSN++ sizes (`ncsnpp_cont*`, `ncsnpp_64`, `ncsnpp_256`) with "score"
 (t = log sigma, output / sigma), sinusoidal-embedding sizes (`ddpmpp_cont*`, `digits`, all
 of `ddpm`) with "eps" (t = 999 t), and NCSNv2, which ignores t, with "score".
+The noise-conditional `classifier` instead maps x and cond [B] to class logits [B, K];
+`guidance.classifier_logits_model` feeds it.
 
 `models.sizes(name)` lists a model's named sizes: the published configurations plus
 `tiny` (tests) and, for ncsnpp and ddpm, `digits` (8x8x1 scikit-learn digits). Adding a
@@ -24,7 +26,7 @@ import dataclasses
 
 import flax.linen as nn
 
-from sde_lab.models import ddpm, mlp, ncsnpp, ncsnv2, vdm
+from sde_lab.models import classifier, ddpm, mlp, ncsnpp, ncsnv2, vdm
 from sde_lab.registry import Registry
 
 # name -> (Linen module class, {size name: field overrides}).
@@ -34,6 +36,7 @@ _MODELS: dict[str, tuple[type[nn.Module], dict[str, dict]]] = {
     "ddpm": (ddpm.DDPM, ddpm.SIZES),
     "vdm": (vdm.VDM, vdm.SIZES),
     "mlp": (mlp.MLP, mlp.SIZES),
+    "classifier": (classifier.Classifier, classifier.SIZES),
 }
 REGISTRY: Registry[nn.Module] = Registry("model", {k: v[0] for k, v in _MODELS.items()})
 
