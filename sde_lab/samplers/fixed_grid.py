@@ -54,7 +54,8 @@ def fixed_grid(name: str, predictor: Predictor, num_steps: int, corrector=None,
 
         keys = jax.random.split(key_steps, num_steps)
         (x, _), _ = jax.lax.scan(body, (x, predictor.init(x)), (ts[:-1], ts[1:], keys))
-        x, extra = finish(ctx, x, ts[-1], key_final, denoise, project_fn)
+        x, extra = finish(ctx, x, ts[-1], key_final, denoise, project_fn,
+                          predictor.final)
         nfe = num_steps * (predictor.nfe + corrector_nfe) + extra
         return x, {"nfe": jnp.asarray(nfe, jnp.int32)}
 
@@ -123,7 +124,10 @@ def heun(num_steps: int = 18, rho: float = 7.0, churn: float = 0.0, s_tmin: floa
 
     NFE = 2 num_steps (+1 with denoise, which is EDM's final Euler step to sigma = 0: EDM's
     N = 18 levels / 35 NFE are num_steps = 17 here). Deterministic when churn = 0, then
-    global order 2. Churn options as in EDM Table 5 (S_churn, S_tmin, S_tmax, S_noise).
+    global order 2. Churn options are EDM's (Table 5: S_churn, S_tmin, S_tmax, S_noise)
+    with its normalisation: gamma = min(churn / N, sqrt(2) - 1), N = num_steps + 1 levels,
+    at each level sigma in [s_tmin, s_tmax] including the last one, whose churn happens in
+    the final denoising step (with denoise=False the sampler stops before that step).
     `sigma_max` (EDM's sigma_max, e.g. 80): where the grid starts below T (see
     `common.time_grid`).
     """

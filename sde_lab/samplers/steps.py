@@ -32,6 +32,8 @@ class Predictor:
       grid: default time grid ("linear", "edm" or "logsnr").
       validate: (sde, ts) -> None, raises ValueError where the step is undefined on the
         concrete grid ts [N + 1] (called before tracing).
+      final: (ctx, key, x, t) -> x at t = 0, the last step from the grid's last time t
+        when the sampler denoises (1 NFE). None: the Tweedie denoiser ctx.x0(x, t).
     """
 
     nfe: int
@@ -39,6 +41,7 @@ class Predictor:
     init: Callable[[Array], Any] = lambda x: ()
     grid: str = "linear"
     validate: Callable[[Any, Array], None] = lambda sde, ts: None
+    final: Callable | None = None
 
 
 def _euler_maruyama(num_steps: int) -> Predictor:
@@ -118,32 +121,54 @@ def _ddim(num_steps: int, eta: float = 0.0) -> Predictor:
 def _heun(num_steps: int, churn: float = 0.0, s_tmin: float = 0.0,
           s_tmax: float = float("inf"), s_noise: float = 1.0) -> Predictor:
     """EDM Algorithm 2 (Karras et al. 2022) in x~ = x / alpha, sigma = sigma_t / alpha_t,
-    where every linear SDE's PF ODE is dx~/dsigma = (x~ - D(x~, sigma)) / sigma.
-    Churn: gamma = min(churn / N, sqrt(2) - 1) for sigma in [s_tmin, s_tmax] raises the
-    noise level to sigma (1 + gamma) by adding fresh noise (s_noise scales it). 2 NFE/step;
-    deterministic and second order when churn = 0."""
-    gamma_max = min(churn / num_steps, math.sqrt(2) - 1)
+    where every linear SDE's PF ODE is dx~/dsigma = (x~ - D(x~, sigma)) / sigma and
+    D(x~, sigma) = x0_hat(alpha x~, t(sigma)) (EDM's VPPrecond feeds the network alpha x~,
+    alpha = 1 / sqrt(sigma^2 + 1), at the t of that sigma). 2 NFE/step; deterministic and
+    second order when churn = 0.
+
+    EDM's N noise levels sigma_0 > ... > sigma_{N-1} are the grid's num_steps + 1 points
+    and its last step, to sigma_N = 0, is the final denoising step (`final`). Churn, as in
+    the algorithm box: at every level sigma_i in [s_tmin, s_tmax], the last one included,
+    gamma_i = min(churn / N, sqrt(2) - 1) raises the noise level to sigma_i (1 + gamma_i)
+    by adding fresh noise N(0, (sigma_hat^2 - sigma_i^2) s_noise^2 I) before the step.
+    """
+    gamma_max = min(churn / (num_steps + 1), math.sqrt(2) - 1)
 
     def denoise(ctx, x_tilde, t):
         mean_coeff = ctx.sde.marginal(t)[0]
         return ctx.x0(mean_coeff * x_tilde, t)
 
-    def step(ctx, key, x, carry, t, s):
-        sigma_t, sigma_s = ctx.sigma_edm(t), ctx.sigma_edm(s)
+    def churned(ctx, key, x, t):
+        """Algorithm 2, lines 4-6: (x_hat, sigma_hat, t_hat) in EDM's variables."""
+        sigma_t = ctx.sigma_edm(t)
         x_tilde = x / ctx.sde.marginal(t)[0]
-        if gamma_max > 0:
-            gamma = jnp.where((sigma_t >= s_tmin) & (sigma_t <= s_tmax), gamma_max, 0.0)
-            sigma_hat = sigma_t * (1 + gamma)
-            z = jax.random.normal(key, x.shape, x.dtype)
-            x_tilde = x_tilde + jnp.sqrt(sigma_hat**2 - sigma_t**2) * s_noise * z
-            sigma_t, t = sigma_hat, ctx.t_of_sigma_edm(sigma_hat)
-        d = (x_tilde - denoise(ctx, x_tilde, t)) / sigma_t
-        x_euler = x_tilde + (sigma_s - sigma_t) * d
+        if gamma_max == 0:
+            return x_tilde, sigma_t, t
+        gamma = jnp.where((sigma_t >= s_tmin) & (sigma_t <= s_tmax), gamma_max, 0.0)
+        sigma_hat = sigma_t * (1 + gamma)
+        z = jax.random.normal(key, x.shape, x.dtype)
+        # sqrt(sigma_hat^2 - sigma_t^2) written as sigma_t sqrt(gamma (2 + gamma)): the
+        # difference of squares can round to a tiny negative number (XLA contracts it into
+        # a fused multiply-add), whose square root is NaN where gamma = 0.
+        x_hat = x_tilde + sigma_t * jnp.sqrt(gamma * (2 + gamma)) * s_noise * z
+        t_hat = jnp.where(gamma > 0, ctx.t_of_sigma_edm(sigma_hat), t)
+        return x_hat, sigma_hat, t_hat
+
+    def step(ctx, key, x, carry, t, s):
+        x_hat, sigma_hat, t_hat = churned(ctx, key, x, t)
+        sigma_s = ctx.sigma_edm(s)
+        d = (x_hat - denoise(ctx, x_hat, t_hat)) / sigma_hat
+        x_euler = x_hat + (sigma_s - sigma_hat) * d
         d_s = (x_euler - denoise(ctx, x_euler, s)) / sigma_s
-        x_tilde = x_tilde + (sigma_s - sigma_t) * 0.5 * (d + d_s)
+        x_tilde = x_hat + (sigma_s - sigma_hat) * 0.5 * (d + d_s)
         return ctx.sde.marginal(s)[0] * x_tilde, carry
 
-    return Predictor(2, step, grid="edm")
+    def final(ctx, key, x, t):
+        # The Euler step to sigma = 0, x_hat + (0 - sigma_hat) d, is D(x_hat, sigma_hat).
+        x_hat, _, t_hat = churned(ctx, key, x, t)
+        return denoise(ctx, x_hat, t_hat)
+
+    return Predictor(2, step, grid="edm", final=final)
 
 
 def _dpm_solver_pp(num_steps: int, lower_order_final: bool = True,
