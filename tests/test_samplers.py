@@ -47,7 +47,7 @@ MOMENT_CASES = [
     ("pc", {"num_steps": 150, "snr": 0.16}, {}),
     ("pc", {"num_steps": 150, "predictor": "ancestral", "corrector": "annealed_langevin"}, {}),
     ("ode", {"rtol": 1e-5, "atol": 1e-5}, {}),
-    # cosine_vp's diffusion is ~7e4 at t = T (log_snr_min = -20): a uniform t grid is
+    # cosine_vp's diffusion is ~2.5e4 at t = T (log_snr_min = -20): a uniform t grid is
     # unstable for a two-stage SRK there, the log-SNR grid is not.
     ("sra", {"num_steps": 50}, {"cosine_vp": {"grid": "logsnr"}}),
 ]
