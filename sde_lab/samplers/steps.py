@@ -88,7 +88,12 @@ def _posterior(ctx, t, s):
 
 def _ancestral(num_steps: int) -> Predictor:
     """x_s ~ q(x_s | x_t, x0_hat(x_t, t)): DDPM's posterior step for VP (Ho et al. 2020,
-    eq. 7) and SMLD's ancestral step x_t + (sigma_t^2 - sigma_s^2) score for VE."""
+    eq. 7) and SMLD's ancestral step x_t + (sigma_t^2 - sigma_s^2) score for VE.
+
+    For VP the noise variance is the posterior's beta_tilde = (1 - abar_s) / (1 - abar_t)
+    beta; score_sde's AncestralSamplingPredictor uses beta itself (and the mean
+    (x + beta score) / sqrt(1 - beta)); Ho et al. (Sec. 3.2) report similar results
+    with either variance."""
 
     def step(ctx, key, x, carry, t, s):
         c_x, c_0, std = _posterior(ctx, t, s)
@@ -182,14 +187,16 @@ def _dpm_solver_pp(num_steps: int, lower_order_final: bool = True,
       order 3:  x_s = (sigma_s / sigma_t) x_t - alpha_s [phi_1 m_0 - phi_2 D_1 + phi_3 D_2],
                 phi_2 = phi_1 / h + 1, phi_3 = phi_2 / h - 1/2, with D_1 ~ h m' and
                 D_2 ~ h^2 m'' the first and second derivatives of m(lambda) from divided
-                differences. Note D_2 = 2 (D1_0 - D1_1) / (r_0 + r_1): the 3M update
-                widely copied from k-diffusion uses half of it, which matches the Taylor
-                expansion only to first order in m'' and leaves that method second order
-                (measured global slope 2.1-2.3 vs 3 here; see the tests).
+                differences. Note D_2 = 2 (D1_0 - D1_1) / (r_0 + r_1): the authors' own
+                multistep code (LuChengTHU/dpm-solver, multistep_dpm_solver_third_update)
+                uses half of it, which matches the Taylor expansion only to first order in
+                m'' and leaves that method second order (measured global slope 2.0-2.3 vs
+                3 here; see the tests).
 
     Step i uses order min(order, i + 1) (too little history at the start) and, with
-    lower_order_final and num_steps < 15, the last steps drop to order num_steps - i as in
-    the authors' code (their lower_order_final). Deterministic.
+    lower_order_final and num_steps < 10, the last steps drop to order num_steps - i, as
+    in the authors' code (their lower_order_final; their docstring says < 15, their code
+    and this one < 10). Deterministic.
     """
 
     def step(ctx, key, x, carry, t, s):
@@ -200,7 +207,7 @@ def _dpm_solver_pp(num_steps: int, lower_order_final: bool = True,
         m0 = ctx.x0(x, t)
         phi_1 = jnp.expm1(-h)
         k = jnp.minimum(order, i + 1)
-        if lower_order_final and num_steps < 15:
+        if lower_order_final and num_steps < 10:
             k = jnp.minimum(k, num_steps - i)
         # Divided differences; the guards only keep unused branches finite at i = 0, 1.
         r0 = jnp.where(i >= 1, h1, h) / h
@@ -266,11 +273,12 @@ def _unipc(num_steps: int, order: int = 3, variant: str = "bh2",
     In this scan a step from t to s (1 NFE) evaluates x0_hat at the predicted x_t, applies
     the previous step's corrector with it (from step 1 on), and predicts x_s. The last
     prediction is not corrected (that would cost one more NFE), as in the authors' code.
-    Step i uses order min(order, i + 1) and, with lower_order_final and num_steps < 15
-    (the rule of `dpm_solver++`), min(., num_steps - i): low orders are more stable with
-    few, large steps; with more steps a first-order last step would cap the global order
-    at 2 (measured on the 2-D benchmark at 20 NFE, order 4: 0.00094 with it, 0.00078
-    without).
+    Step i uses order min(order, i + 1) and, with lower_order_final and num_steps < 15,
+    min(., num_steps - i): low orders are more stable with few, large steps. The authors'
+    code lowers the final orders at every num_steps; here not from 15 steps on, where a
+    first-order last step would cap the global order at 2 (measured on the 2-D benchmark
+    at 20 NFE, order 4: 0.00094 with it, 0.00078 without). (`dpm_solver++` follows its
+    authors' threshold, 10.)
     """
 
     def step(ctx, key, x, carry, t, s):
