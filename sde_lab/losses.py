@@ -169,6 +169,13 @@ def vdm_vlb_terms(params, score_model: ScoreModel, sde, batch: Array, t: Array, 
     Deterministic given (t, eps, eps_0); `vdm_vlb_loss` draws them. Valid for any SDE with
     a unit Gaussian prior (VP family), where std(t_min) > 0: VDM's schedules at t_min = 0.
 
+    The grid: VDM's code (google-research/vdm, EncDec.encode) puts the L = 256 levels at
+    the bin centres 2 (k + 1/2) / L - 1, spacing 2 / L; data_range = (-1 + 1/L, 1 - 1/L)
+    on data encoded so gives its reconstruction and prior terms exactly. The default
+    (-1, 1) is the grid of sde_lab's data scaling k / (L - 1) (spacing 2 / (L - 1)). Both
+    decoders are distributions over the same L levels, so either loss bounds -log2 P(k);
+    the bounds differ slightly because the data are embedded 256/255 wider here.
+
     Args:
       sde: an SDE, or sde_fn(params) -> SDE (learned schedule: `models.vdm.schedule_sde`).
       batch: x [B, ...] on the grid (the decoder rounds it to the nearest level).
@@ -212,7 +219,8 @@ def vdm_vlb_loss(params, score_model: ScoreModel, sde, batch: Array, key: Array,
     section) is not implemented, nor is it in the official model_vdm.py. Randomness:
     `vdm_vlb_noise` (antithetic times couple the batch). Options: num_levels (256 for 8-bit
     images, 17 for the 8x8 digits), data_range (the values of the lowest and highest
-    level), antithetic, t_min (0 for VDM's schedules).
+    level; VDM's: (-1 + 1/L, 1 - 1/L), see `vdm_vlb_terms`), antithetic, t_min (0 for
+    VDM's schedules).
     """
     if num_levels < 2 or not data_range[0] < data_range[1]:
         raise ValueError(f"vdm_vlb: need num_levels >= 2 and data_range lo < hi, got "
