@@ -314,7 +314,7 @@ class CosineVPSDE(LogSNRVPSDE):
     alpha_bar(t_i) / alpha_bar(t_{i-1}), 0.999); for N = 1000 the clipping acts at the last
     step only, exactly as in their code. `s=0.0, log_snr_max=20.0` is the schedule this
     class had before eq. 17 (log-SNR clipped to [-20, 20]); then u was interpolated between
-    the clipped ends, here eq. 17 holds in between (alpha_bar differs by at most 5e-5).
+    the clipped ends, here eq. 17 holds in between (alpha_bar differs by at most 1.6e-5).
     """
 
     def __init__(self, s: float = 0.008, log_snr_min: float = -20.0,
