@@ -322,40 +322,132 @@ class LogSNRVPSDE(_UnitPrior, SDE):
         return (expand_to(jnp.sqrt(1.0 - beta_i), x) - 1.0) * x, jnp.sqrt(beta_i)
 
 
+def _bisect(fn: Callable[[float], float], lo: float, hi: float) -> float:
+    """Root of fn, positive at lo and negative at hi, in float64 (fn is evaluated at
+    interior points only)."""
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if mid in (lo, hi):
+            break
+        lo, hi = (mid, hi) if fn(mid) > 0 else (lo, mid)
+    return 0.5 * (lo + hi)
+
+
 class CosineVPSDE(LogSNRVPSDE):
-    """VP SDE with the cosine schedule (Nichol & Dhariwal 2021) in log-SNR form:
-    lambda(t) = -2 log tan(u(t)), u linear from atan(exp(-lambda_max/2)) at t=0 to
-    atan(exp(-lambda_min/2)) at t=T. Clipping lambda to [lambda_min, lambda_max] keeps the
-    diffusion finite at T, where the unclipped schedule has beta = infinity."""
+    """VP SDE with the cosine schedule of Nichol & Dhariwal 2021, eq. 17, with u = t / T:
 
-    def __init__(self, log_snr_min: float = -20.0, log_snr_max: float = 20.0,
-                 T: float = 1.0, t_min: float = 1e-3):
-        _check(log_snr_min < log_snr_max, f"cosine_vp: need log_snr_min < log_snr_max, got "
-               f"{log_snr_min} and {log_snr_max}")
+        alpha_bar(t) = f(t) / f(0),  f(t) = cos^2((u + s) / (1 + s) * pi / 2),
+
+    offset s = 0.008 (theirs; s = 0 gives alpha_bar = cos^2(pi u / 2)), so beta(t) =
+    -d log alpha_bar / dt = 2 a tan(a (u + s)) / T with a = pi / (2 (1 + s)). In log-SNR
+    form lambda = log(alpha_bar / (1 - alpha_bar)) = 2 log sin(a (1 - u)) - log sin(a u)
+    - log sin(a (u + 2 s)).
+
+    At t = T eq. 17 has alpha_bar = 0, lambda = -inf and beta = inf. This end is made
+    finite, smooth (C^1) and strictly decreasing: over [t_b, T] lambda follows the tangent
+    line of eq. 17 at t_b, chosen so that lambda(T) = log_snr_min (beta stays finite,
+    25,000 at T for the defaults, and the line continues past T, where EDM's churn can take
+    the noise level). The prior N(0, I) differs from the marginal at T by alpha_bar(T) =
+    sigmoid(-20) = 2e-9 for the default. With log_snr_max (default None: eq. 17 up to
+    t = 0, where lambda = +inf and std = 0 as for VP) the t = 0 end is treated the same way
+    over [0, t_a], so that std(0) > 0. Eq. 17 holds exactly on [t_a, t_b]; for s = 0.008
+    and log_snr_min = -20, T - t_b = 7.9e-5 T.
+
+    `discretize` on an N-step grid gives their discrete chain, beta_i = min(1 -
+    alpha_bar(t_i) / alpha_bar(t_{i-1}), 0.999); for N = 1000 the clipping acts at the last
+    step only, exactly as in their code. `s=0.0, log_snr_max=20.0` is the schedule this
+    class had before eq. 17 (log-SNR clipped to [-20, 20]); then u was interpolated between
+    the clipped ends, here eq. 17 holds in between (alpha_bar differs by at most 1.6e-5).
+    """
+
+    def __init__(self, s: float = 0.008, log_snr_min: float = -20.0,
+                 log_snr_max: float | None = None, T: float = 1.0, t_min: float = 1e-3):
+        _check(s >= 0, f"cosine_vp: need s >= 0, got s={s}")
+        _check(log_snr_max is None or log_snr_min < log_snr_max, f"cosine_vp: need "
+               f"log_snr_min < log_snr_max, got {log_snr_min} and {log_snr_max}")
         _check(T > 0 and 0 < t_min < T, f"cosine_vp: need 0 < t_min < T, got t_min={t_min}")
-        self.log_snr_min, self.log_snr_max, self.T, self.t_min = (
-            log_snr_min, log_snr_max, T, t_min)
+        self.s, self.log_snr_min, self.T, self.t_min = float(s), float(log_snr_min), T, t_min
+        self.log_snr_max = None if log_snr_max is None else float(log_snr_max)
+        # The tangent lines, per unit u = t / T: each root is unique on its half, where
+        # lambda is convex (near 0) or concave (near 1).
+        lam, dlam = self._lam17_f64, self._dlam17_f64
+        bottom = lambda u: lam(u) + dlam(u) * (1 - u) - log_snr_min  # noqa: E731
+        _check(bottom(0.5) > 0, f"cosine_vp: log_snr_min={log_snr_min} must be below "
+               f"{bottom(0.5) + log_snr_min:.4g} to join eq. 17 by a tangent line")
+        u_b = _bisect(bottom, 0.5, 1.0)
+        top = (0.0, math.inf, -math.inf)
+        if log_snr_max is not None:
+            top_fn = lambda u: lam(u) - dlam(u) * u - log_snr_max  # noqa: E731
+            _check(top_fn(0.5) < 0, f"cosine_vp: log_snr_max={log_snr_max} must be above "
+                   f"{top_fn(0.5) + log_snr_max:.4g} to join eq. 17 by a tangent line")
+            u_a = _bisect(top_fn, 0.0, 0.5)
+            top = (u_a, lam(u_a), dlam(u_a))
+        self._ends = top + (u_b, lam(u_b), dlam(u_b))
 
-    def _endpoints(self) -> tuple[float, float, float, float]:
-        """u at t=0 and t=T, and w = pi/2 - u at both, in float64."""
-        u0 = math.atan(math.exp(-0.5 * self.log_snr_max))
-        u1 = math.atan(math.exp(-0.5 * self.log_snr_min))
-        return u0, u1, math.atan(math.exp(0.5 * self.log_snr_max)), math.atan(
-            math.exp(0.5 * self.log_snr_min))
+    @property
+    def _a(self) -> float:
+        return 0.5 * math.pi / (1 + self.s)
+
+    def _lam17_f64(self, u: float) -> float:
+        a, s = self._a, self.s
+        return (2 * math.log(math.sin(a * (1 - u))) - math.log(math.sin(a * u))
+                - math.log(math.sin(a * (u + 2 * s))))
+
+    def _dlam17_f64(self, u: float) -> float:
+        a, s = self._a, self.s
+        cot = lambda v: math.cos(v) / math.sin(v)  # noqa: E731
+        return -a * (2 * cot(a * (1 - u)) + cot(a * u) + cot(a * (u + 2 * s)))
+
+    def _tangent(self, u: Array, value: Array) -> Array:
+        """`value` (eq. 17's) on [u_a, u_b], the tangent lines' log-SNR outside."""
+        u_a, lam_a, slope_a, u_b, lam_b, slope_b = self._ends
+        value = jnp.where(u > u_b, lam_b + slope_b * (u - u_b), value)
+        return value if self.log_snr_max is None else jnp.where(
+            u < u_a, lam_a + slope_a * (u - u_a), value)
 
     def log_snr(self, t):
-        # u and w = pi/2 - u are both interpolated without cancellation; each end of the
-        # schedule uses the one that is small there, so float32 keeps full precision.
-        u0, u1, w0, w1 = self._endpoints()
-        s = t / self.T
-        u, w = u0 * (1 - s) + u1 * s, w0 * (1 - s) + w1 * s
-        return jnp.where(u < math.pi / 4, -2.0 * jnp.log(jnp.tan(u)), 2.0 * jnp.log(jnp.tan(w)))
+        a, s = self._a, self.s
+        u = t / self.T
+        uc = jnp.clip(u, self._ends[0], self._ends[3])  # keeps unused branches finite
+        lam17 = (2 * jnp.log(jnp.sin(a * (1 - uc))) - jnp.log(jnp.sin(a * uc))
+                 - jnp.log(jnp.sin(a * (uc + 2 * s))))
+        return self._tangent(u, lam17)
+
+    def beta(self, t):
+        # 2 a tan(a (u + s)) = 2 a / tan(a (1 - u)), the latter exact near T in float32.
+        # On the tangent lines beta = -sigmoid(-lambda) lambda'.
+        u_a, _, slope_a, u_b, _, slope_b = self._ends
+        u = t / self.T
+        uc = jnp.clip(u, u_a, u_b)
+        beta = 2 * self._a / jnp.tan(self._a * (1 - uc))
+        lam = self.log_snr(t)
+        beta = jnp.where(u > u_b, -jax.nn.sigmoid(-lam) * slope_b, beta)
+        if self.log_snr_max is not None:
+            beta = jnp.where(u < u_a, -jax.nn.sigmoid(-lam) * slope_a, beta)
+        return beta / self.T
 
     def t_from_log_snr(self, log_snr):
-        u0, u1, w0, w1 = self._endpoints()
-        from_u = (jnp.arctan(jnp.exp(-0.5 * log_snr)) - u0) / (u1 - u0)
-        from_w = (w0 - jnp.arctan(jnp.exp(0.5 * log_snr))) / (w0 - w1)
-        return self.T * jnp.where(log_snr > 0, from_u, from_w)
+        u_a, lam_a, slope_a, u_b, lam_b, slope_b = self._ends
+        a, s = self._a, self.s
+        lam = jnp.clip(log_snr, lam_b, lam_a)
+        # Eq. 17 inverted without cancellation at either end. With alpha_bar =
+        # sigmoid(lambda) and u_s = a s: cos^2(a (u + s)) = alpha_bar cos^2(u_s) gives
+        # e = a (1 - u) = asin(sqrt(alpha_bar) cos(u_s)) (small near T); and
+        # sin(d) sin(d + 2 u_s) = (1 - alpha_bar) cos^2(u_s) =: q, d = a u (small near 0),
+        # is a quadratic in tan(d) whose positive root is taken.
+        e = jnp.arcsin(jnp.sqrt(jax.nn.sigmoid(jnp.minimum(lam, 0.0))) * math.cos(a * s))
+        q = jax.nn.sigmoid(-jnp.maximum(lam, 0.0)) * math.cos(a * s) ** 2
+        b, c = math.sin(2 * a * s), math.cos(2 * a * s) - q
+        tan_d = jnp.sqrt(q / c) if s == 0 else 2 * q / (b + jnp.sqrt(b**2 + 4 * c * q))
+        u = jnp.where(lam >= 0, jnp.arctan(tan_d) / a, 1 - e / a)
+        u = jnp.where(log_snr < lam_b, u_b + (log_snr - lam_b) / slope_b, u)
+        if self.log_snr_max is not None:
+            u = jnp.where(log_snr > lam_a, u_a + (log_snr - lam_a) / slope_a, u)
+        return self.T * u
+
+    def __repr__(self) -> str:
+        return (f"CosineVPSDE(s={self.s}, log_snr_min={self.log_snr_min}, log_snr_max="
+                f"{self.log_snr_max}, T={self.T}, t_min={self.t_min})")
 
 
 class LearnedVPSDE(LogSNRVPSDE):

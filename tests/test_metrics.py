@@ -155,6 +155,30 @@ def test_inception_score_matches_scipy():
     assert std == pytest.approx(ref_std, rel=1e-8)
 
 
+def _openai_inception_score(logits, splits):
+    """openai/improved-gan inception_score/model.py, get_inception_score, from the
+    softmax predictions on: split i is preds[i * n // splits:(i + 1) * n // splits]."""
+    preds = special.softmax(logits, axis=1)
+    scores = []
+    for i in range(splits):
+        part = preds[(i * preds.shape[0] // splits):((i + 1) * preds.shape[0] // splits), :]
+        kl = part * (np.log(part) - np.log(np.expand_dims(np.mean(part, 0), 0)))
+        kl = np.mean(np.sum(kl, 1))
+        scores.append(np.exp(kl))
+    return np.mean(scores), np.std(scores)
+
+
+@pytest.mark.parametrize("n, splits", [(1003, 10), (57, 4)])
+def test_inception_score_splits_as_openai_when_not_divisible(n, splits):
+    """With N not divisible by the number of splits, the splits are OpenAI's (sizes
+    floor((i + 1) N / k) - floor(i N / k)), not numpy's array_split (larger ones first)."""
+    logits = np.random.default_rng(5).normal(size=(n, 50)) * 3
+    mean, std = metrics.inception_score(logits, num_splits=splits)
+    ref_mean, ref_std = _openai_inception_score(logits, splits)
+    assert mean == pytest.approx(ref_mean, rel=1e-12)
+    assert std == pytest.approx(ref_std, rel=1e-9)
+
+
 def test_inception_score_limits():
     """Confident, balanced predictions over K classes give IS = K; constant logits give 1."""
     k, n = 10, 1000

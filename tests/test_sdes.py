@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from scipy import stats
+from scipy import optimize, special, stats
 
 from sde_lab import sdes
 
@@ -15,9 +15,49 @@ def _vp_b(t, bmin=0.1, bmax=20.0):
     return bmin * t + 0.5 * (bmax - bmin) * t**2
 
 
-def _cosine_u(t, lmin=-20.0, lmax=20.0):
-    u0, u1 = np.arctan(np.exp(-lmax / 2)), np.arctan(np.exp(-lmin / 2))
-    return u0 + t * (u1 - u0)
+def _cosine_abar(t, s):
+    """Nichol & Dhariwal 2021, eq. 17 (T = 1): f(t) / f(0), f(t) = cos^2((t + s)/(1 + s) pi/2)."""
+    f = lambda u: np.cos((u + s) / (1 + s) * np.pi / 2) ** 2  # noqa: E731
+    return f(t) / f(0.0)
+
+
+def _cosine(s=0.008, lmin=-20.0, lmax=None):
+    """Closed forms of cosine_vp: eq. 17's log-SNR lambda = log(abar / (1 - abar)), made
+    finite as the class documents: over [t_b, 1] (and [0, t_a] if lmax is given) lambda
+    follows the tangent line of eq. 17 at t_b (t_a), chosen so that lambda(1) = lmin
+    (lambda(0) = lmax). Returns ((mean_coeff, std) function, g^2 function)."""
+    abar = lambda t: _cosine_abar(t, s)  # noqa: E731
+    lam17 = lambda t: np.log(abar(t)) - np.log1p(-abar(t))  # noqa: E731
+    dabar = lambda t: -np.pi / 2 / (1 + s) * np.sin((t + s) / (1 + s) * np.pi) / (  # noqa
+        np.cos(s / (1 + s) * np.pi / 2) ** 2)
+    dlam17 = lambda t: dabar(t) / (abar(t) * (1 - abar(t)))  # noqa: E731
+    t_a = 0.0 if lmax is None else optimize.brentq(
+        lambda t: lam17(t) - dlam17(t) * t - lmax, 1e-7, 0.5, rtol=1e-14)
+    t_b = optimize.brentq(lambda t: lam17(t) + dlam17(t) * (1 - t) - lmin, 0.5, 1 - 1e-12,
+                          rtol=1e-15)
+
+    def lam_and_slope(t):
+        t = np.asarray(t, np.float64)
+        tc = np.clip(t, t_a, t_b)
+        with np.errstate(divide="ignore", invalid="ignore"):  # lambda(0) = +inf without lmax
+            lam = np.where(t > t_b, lam17(t_b) + dlam17(t_b) * (t - t_b), lam17(tc))
+            if lmax is not None:
+                lam = np.where(t < t_a, lam17(t_a) + dlam17(t_a) * (t - t_a), lam)
+            return lam, dlam17(tc)
+
+    def g2(t):  # beta = -d log abar / dt = -dabar / abar, = -sigmoid(-lambda) lambda'
+        t = np.asarray(t, np.float64)
+        lam, slope = lam_and_slope(t)
+        tc = np.clip(t, t_a, t_b)
+        with np.errstate(invalid="ignore"):  # the tangent branch at t = 0 without lmax
+            return np.where((t > t_b) | (t < t_a), -special.expit(-lam) * slope,
+                            -dabar(tc) / abar(tc))
+
+    def marginal(t):
+        lam = lam_and_slope(t)[0]
+        return np.sqrt(special.expit(lam)), np.sqrt(special.expit(-lam))
+
+    return marginal, g2
 
 
 # name, kwargs, closed-form (mean_coeff, std) in float64, closed-form g(t)^2.
@@ -28,9 +68,8 @@ CASES = {
               lambda t: (0.1 + t * 19.9) * (1 - np.exp(-2 * _vp_b(t)))),
     "ve": ({}, lambda t: (np.ones_like(t), 0.01 * 5000.0**t),
            lambda t: (0.01 * 5000.0**t) ** 2 * 2 * np.log(5000.0)),
-    # Cosine: abar = cos(u)^2, so beta = -d log cos^2(u) / dt = 2 tan(u) u'.
-    "cosine_vp": ({}, lambda t: (np.cos(_cosine_u(t)), np.sin(_cosine_u(t))),
-                  lambda t: 2 * np.tan(_cosine_u(t)) * (_cosine_u(1.0) - _cosine_u(0.0))),
+    "cosine_vp": ({}, *_cosine()),
+    "cosine_vp_custom": ({"s": 0.0, "log_snr_max": 20.0}, *_cosine(s=0.0, lmax=20.0)),
     "vp_custom": ({"beta_min": 0.5, "beta_max": 5.0, "T": 2.0},
                   lambda t: (np.exp(-_vp_b(t, .5, 5.) / 2), np.sqrt(1 - np.exp(-_vp_b(t, .5, 5.)))),
                   lambda t: 0.5 + t * 4.5),
@@ -276,6 +315,10 @@ def test_defaults_are_score_sde_cifar10_values():
     ("vp", {"sigma_max": 3.0}, r"unknown option\(s\) \['sigma_max'\]; valid options"),
     ("vp", {"beta_max": float("inf")}, "beta_max < inf"),
     ("cosine_vp", {"log_snr_min": 3.0, "log_snr_max": 1.0}, "log_snr_min < log_snr_max"),
+    ("cosine_vp", {"s": -0.1}, "cosine_vp: need s >= 0, got s=-0.1"),
+    ("cosine_vp", {"log_snr_min": -1.0}, "cosine_vp: log_snr_min=-1.0 must be below"),
+    ("cosine_vp", {"log_snr_max": 2.0}, "cosine_vp: log_snr_max=2.0 must be above"),
+    ("cosine_vp", {"log_snr_max": -30.0}, "log_snr_min < log_snr_max"),
 ])
 def test_make_rejects_bad_input(name, kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -285,3 +328,41 @@ def test_make_rejects_bad_input(name, kwargs, match):
 def test_rank_promotion_is_an_error_in_tests():
     with pytest.raises(ValueError):
         _ = jnp.ones((3,)) + jnp.ones((2, 3))
+
+
+def test_cosine_vp_is_nichol_dhariwal_eq17_in_float64():
+    """alpha_bar = mean_coeff^2 equals eq. 17 with s = 0.008 in float64 on [0, t_b] (1 - t_b
+    = 7.9e-5; checked on [0, 1 - 1e-4]) and the log-SNR is exactly -20 at T: finite, so
+    the prior N(0, I) is the marginal at T to sigmoid(-20) = 2e-9."""
+    s = 0.008
+    t = np.concatenate([np.linspace(0.0, 1 - 1e-4, 2001), [1e-7, 1e-3, 0.5, 0.999]])
+    with jax.enable_x64(True):
+        sde = sdes.make("cosine_vp")
+        mean, std = (np.asarray(v) for v in sde.marginal(jnp.asarray(t)))
+        ends = np.asarray(sde.log_snr(jnp.asarray([0.0, 1.0])))
+        beta0 = float(sde.beta(jnp.float64(0.0)))
+        assert mean.dtype == np.float64
+    want = _cosine_abar(t, s)
+    np.testing.assert_allclose(mean**2, want, rtol=1e-12, atol=0)
+    np.testing.assert_allclose(std**2, 1 - want, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(ends, [np.inf, -20.0], rtol=1e-12)
+    # beta(0) = -d log abar / dt at 0 = pi / (1 + s) tan(pi s / (2 (1 + s))).
+    np.testing.assert_allclose(beta0, np.pi / (1 + s) * np.tan(np.pi * s / (2 + 2 * s)),
+                               rtol=1e-12)
+    assert sde.s == 0.008 and sde.log_snr_max is None
+
+
+def test_cosine_vp_discrete_chain_is_nichol_dhariwal():
+    """`discretize` on the 1000-step grid gives Nichol & Dhariwal's betas:
+    beta_i = min(1 - abar(i / N) / abar((i - 1) / N), 0.999) from eq. 17 (their
+    betas_for_alpha_bar), the last one clipped; the first is 4.13e-5 (2.6e-6 with s = 0)."""
+    n = 1000
+    i = np.arange(1, n + 1)
+    want = np.minimum(1 - _cosine_abar(i / n, 0.008) / _cosine_abar((i - 1) / n, 0.008), 0.999)
+    with jax.enable_x64(True):
+        sde = sdes.make("cosine_vp")
+        f, g = sde.discretize(jnp.ones((n, 1)), jnp.asarray(i / n), 1.0 / n)
+        f, g = np.asarray(f)[:, 0], np.asarray(g)
+    np.testing.assert_allclose(g**2, want, rtol=1e-10)
+    np.testing.assert_allclose(f, np.sqrt(1 - want) - 1, rtol=1e-10)
+    assert want[-1] == 0.999 and abs(want[0] - 4.128e-5) < 1e-8

@@ -218,6 +218,42 @@ def test_vlb_matches_independent_computation(num_levels, lo, hi):
     assert all(v.mean() > 0.1 for v in terms)   # each term matters in this case
 
 
+def _vdm_official_recon_and_klz(x, eps_0, g_0, g_1, vocab_size):
+    """google-research/vdm model_vdm.py in float64 NumPy: EncDec.encode maps the integer
+    x to f = 2 (x + 0.5) / vocab_size - 1 (bin centres: spacing 2 / vocab_size), the
+    reconstruction loss is -logprob(x | z_0 / sqrt(1 - var_0)) of the softmax decoder over
+    the encoded levels, the latent loss KL(q(z_1 | x) || N(0, I))."""
+    encode = lambda k: 2 * ((k + 0.5) / vocab_size) - 1  # noqa: E731
+    f = encode(x.astype(np.float64))
+    z_0_rescaled = f + np.exp(0.5 * g_0) * eps_0
+    x_vals = encode(np.arange(vocab_size, dtype=np.float64))
+    logits = -0.5 * np.square((z_0_rescaled[..., None] - x_vals) * np.exp(-0.5 * g_0))
+    logprobs = logits - special.logsumexp(logits, axis=-1, keepdims=True)
+    recon = -np.take_along_axis(logprobs, x[..., None], -1).reshape(len(x), -1).sum(-1)
+    var_1 = special.expit(g_1)
+    klz = 0.5 * ((1 - var_1) * f**2 + var_1 - np.log(var_1) - 1).reshape(len(x), -1).sum(-1)
+    return f, recon, klz
+
+
+def test_vdm_data_grid_is_reachable_exactly():
+    """VDM's data grid is the bin centres 2 (k + 1/2) / 256 - 1 (spacing 2/256), not
+    sde_lab's k / 255 scaling (spacing 2/255): vdm_vlb with data_range = (-1 + 1/256,
+    1 - 1/256) on data so encoded gives VDM's reconstruction and prior terms."""
+    vocab = 256
+    sde = sdes.make("vdm", gamma_min=-6.0, gamma_max=5.0)  # a decoder that matters
+    x = np.asarray(jax.random.randint(jax.random.PRNGKey(0), (4, 3, 2, 2), 0, vocab))
+    eps_0 = np.asarray(jax.random.normal(jax.random.PRNGKey(1), x.shape), np.float64)
+    f, recon, klz = _vdm_official_recon_and_klz(x, eps_0, -6.0, 5.0, vocab)
+    zeros = lambda params, z, t: jnp.zeros_like(z)  # noqa: E731 (diffusion term unused)
+    terms = jax.jit(lambda f, eps_0: losses.vdm_vlb_terms(
+        None, zeros, sde, f, jnp.full((4,), 0.5), jnp.zeros(f.shape), eps_0,
+        num_levels=vocab, data_range=(-1 + 1 / vocab, 1 - 1 / vocab)))(
+            jnp.asarray(f, jnp.float32), jnp.asarray(eps_0, jnp.float32))
+    np.testing.assert_allclose(terms["reconstruction"], recon, rtol=1e-4)
+    np.testing.assert_allclose(terms["prior"], klz, rtol=1e-4)
+    assert recon.mean() > 1.0
+
+
 def test_antithetic_times_are_stratified_and_keys_are_per_example():
     x = jnp.zeros((16, 3))
     noise = jax.jit(losses.vdm_vlb_noise, static_argnames=("antithetic", "t_min"))

@@ -138,8 +138,10 @@ def inception_score(logits, num_splits: int = 10) -> tuple[float, float]:
     """Inception Score exp(E_x KL(p(y|x) || p(y))) (Salimans et al. 2016), over splits.
 
     p(y|x) = softmax(logits) in float64; the N rows are cut into `num_splits` consecutive
-    splits (as in the original code and TF-GAN); p(y) is each split's mean. For the FID
-    Inception the softmax runs over all 1008 logits, as the 2015 graph's `softmax` output.
+    splits as in OpenAI's reference code (improved-gan, split i = rows [i N // k,
+    (i + 1) N // k), which also covers N not divisible by k); p(y) is each split's mean.
+    For the FID Inception the softmax runs over all 1008 logits, as the 2015 graph's
+    `softmax` output.
 
     Args:
       logits: [N, K] classifier logits.
@@ -154,7 +156,9 @@ def inception_score(logits, num_splits: int = 10) -> tuple[float, float]:
     log_p = logits - logits.max(axis=1, keepdims=True)
     log_p = log_p - np.log(np.exp(log_p).sum(axis=1, keepdims=True))
     scores = []
-    for part in np.array_split(log_p, num_splits):
+    n = log_p.shape[0]
+    for i in range(num_splits):
+        part = log_p[i * n // num_splits:(i + 1) * n // num_splits]
         log_py = np.log(np.exp(part).mean(axis=0))
         kl = (np.exp(part) * (part - log_py)).sum(axis=1).mean()
         scores.append(np.exp(kl))

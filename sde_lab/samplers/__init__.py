@@ -32,9 +32,12 @@ plus one evaluation when `denoise=True`. N is `num_steps`; p is the predictor's 
 step and k = `n_steps_each`.
 
 Common options: `t_min` (default `sde.t_min`) is the last time reached; `denoise` (default
-True) then replaces x by the Tweedie estimate x0_hat(x, t_min) (one more score evaluation):
-it removes the N(0, sigma(t_min)^2) noise left at t_min, as score_sde's final
-"noise removal" step does, and is EDM's final Euler step to sigma = 0.
+True) then replaces x by the Tweedie estimate x0_hat(x, t_min) (one more score evaluation),
+which removes the N(0, sigma(t_min)^2) noise left at t_min. It is EDM's final Euler step to
+sigma = 0 (`heun` churns before it, as EDM does at its last level). It is not score_sde's
+"noise removal": there the PC sampler returns the mean of its last predictor step, the
+step's noise left out (no extra evaluation), and the ODE sampler the mean of one
+reverse-diffusion step at t_min (one extra evaluation).
 Conditioning hooks, for inpainting, colorization and guidance:
 `guidance_fn(x, t) -> [B, ...]` is added to the score at every evaluation (classifier
 guidance: grad_x log p_t(y | x)); `project_fn(x, t, key) -> x` is applied after every

@@ -79,11 +79,15 @@ def resolve_t_min(sampler: str, sde: SDE, t_min: float | None, needs=()) -> floa
 
 
 def finish(ctx: Ctx, x: Array, t_last: Array, key: Array, denoise: bool,
-           project_fn: ProjectFn | None) -> tuple[Array, int]:
-    """Final Tweedie denoising (+1 NFE) and projection at t = 0."""
+           project_fn: ProjectFn | None, final: Callable | None = None) -> tuple[Array, int]:
+    """Final denoising step (+1 NFE) and projection at t = 0. `final(ctx, key, x, t)`
+    replaces the Tweedie denoiser x0_hat(x, t_last) (heun: EDM's last step, with churn)."""
     if not denoise:
         return x, 0
-    x = ctx.x0(x, t_last)
+    if final is None:
+        x = ctx.x0(x, t_last)
+    else:
+        x = final(ctx, jax.random.fold_in(key, 1), x, t_last)
     if project_fn is not None:
         x = project_fn(x, jnp.zeros(x.shape[:1], x.dtype), key)
     return x, 1

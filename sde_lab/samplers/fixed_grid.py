@@ -54,7 +54,8 @@ def fixed_grid(name: str, predictor: Predictor, num_steps: int, corrector=None,
 
         keys = jax.random.split(key_steps, num_steps)
         (x, _), _ = jax.lax.scan(body, (x, predictor.init(x)), (ts[:-1], ts[1:], keys))
-        x, extra = finish(ctx, x, ts[-1], key_final, denoise, project_fn)
+        x, extra = finish(ctx, x, ts[-1], key_final, denoise, project_fn,
+                          predictor.final)
         nfe = num_steps * (predictor.nfe + corrector_nfe) + extra
         return x, {"nfe": jnp.asarray(nfe, jnp.int32)}
 
@@ -99,7 +100,9 @@ def ancestral(num_steps: int = 1000, t_min: float | None = None, denoise: bool =
               guidance_fn: ScoreFn | None = None) -> SampleFn:
     """Ancestral sampling from the exact Gaussian posterior q(x_s | x_t, x0_hat) given by
     `sde.transition` and the marginal, with the Tweedie x0_hat, on a uniform grid.
-    DDPM sampling for VP, SMLD ancestral sampling for VE. N (+1) NFE."""
+    DDPM sampling for VP (with the posterior variance beta_tilde, where score_sde's
+    ancestral predictor adds noise of variance beta), SMLD ancestral sampling for VE.
+    N (+1) NFE."""
     return _single("ancestral", ("transition",))(
         num_steps, t_min, denoise, grid, project_fn, guidance_fn)
 
@@ -123,7 +126,10 @@ def heun(num_steps: int = 18, rho: float = 7.0, churn: float = 0.0, s_tmin: floa
 
     NFE = 2 num_steps (+1 with denoise, which is EDM's final Euler step to sigma = 0: EDM's
     N = 18 levels / 35 NFE are num_steps = 17 here). Deterministic when churn = 0, then
-    global order 2. Churn options as in EDM Table 5 (S_churn, S_tmin, S_tmax, S_noise).
+    global order 2. Churn options are EDM's (Table 5: S_churn, S_tmin, S_tmax, S_noise)
+    with its normalisation: gamma = min(churn / N, sqrt(2) - 1), N = num_steps + 1 levels,
+    at each level sigma in [s_tmin, s_tmax] including the last one, whose churn happens in
+    the final denoising step (with denoise=False the sampler stops before that step).
     `sigma_max` (EDM's sigma_max, e.g. 80): where the grid starts below T (see
     `common.time_grid`).
     """
@@ -200,8 +206,11 @@ def unipc(num_steps: int = 20, order: int = 3, variant: str = "bh2", grid: str =
     evaluated at, and for the next step), so order + 1 at 1 NFE per step (+1 with
     denoise). High orders suit unguided sampling (as for every multistep method); orders
     5-6 were less accurate on the benchmark and are not offered. `variant`: B(h) =
-    expm1(h) ("bh2", the authors' choice for unconditional sampling) or h ("bh1"); it only
-    changes the warm-up steps, where fixed weights 1/2 are used. `project_fn` sees the
+    expm1(h) ("bh2", the authors' choice for unconditional sampling) or h ("bh1"). B(h)
+    cancels where the weights solve the order conditions; it matters where the paper fixes
+    a weight to 1/2: the order-2 predictor (every step with order=2; the second step and
+    the lowered final steps with order 3-4) and the order-1 corrector (order=1; the first
+    step's correction otherwise). `project_fn` sees the
     predicted points (the correction of step i happens inside step i + 1). `sigma_max`:
     where the grid starts below T (see `common.time_grid`)."""
     check_positive_int("unipc", "num_steps", num_steps)

@@ -32,6 +32,8 @@ class Predictor:
       grid: default time grid ("linear", "edm" or "logsnr").
       validate: (sde, ts) -> None, raises ValueError where the step is undefined on the
         concrete grid ts [N + 1] (called before tracing).
+      final: (ctx, key, x, t) -> x at t = 0, the last step from the grid's last time t
+        when the sampler denoises (1 NFE). None: the Tweedie denoiser ctx.x0(x, t).
     """
 
     nfe: int
@@ -39,6 +41,7 @@ class Predictor:
     init: Callable[[Array], Any] = lambda x: ()
     grid: str = "linear"
     validate: Callable[[Any, Array], None] = lambda sde, ts: None
+    final: Callable | None = None
 
 
 def _euler_maruyama(num_steps: int) -> Predictor:
@@ -85,7 +88,12 @@ def _posterior(ctx, t, s):
 
 def _ancestral(num_steps: int) -> Predictor:
     """x_s ~ q(x_s | x_t, x0_hat(x_t, t)): DDPM's posterior step for VP (Ho et al. 2020,
-    eq. 7) and SMLD's ancestral step x_t + (sigma_t^2 - sigma_s^2) score for VE."""
+    eq. 7) and SMLD's ancestral step x_t + (sigma_t^2 - sigma_s^2) score for VE.
+
+    For VP the noise variance is the posterior's beta_tilde = (1 - abar_s) / (1 - abar_t)
+    beta; score_sde's AncestralSamplingPredictor uses beta itself (and the mean
+    (x + beta score) / sqrt(1 - beta)); Ho et al. (Sec. 3.2) report similar results
+    with either variance."""
 
     def step(ctx, key, x, carry, t, s):
         c_x, c_0, std = _posterior(ctx, t, s)
@@ -118,32 +126,54 @@ def _ddim(num_steps: int, eta: float = 0.0) -> Predictor:
 def _heun(num_steps: int, churn: float = 0.0, s_tmin: float = 0.0,
           s_tmax: float = float("inf"), s_noise: float = 1.0) -> Predictor:
     """EDM Algorithm 2 (Karras et al. 2022) in x~ = x / alpha, sigma = sigma_t / alpha_t,
-    where every linear SDE's PF ODE is dx~/dsigma = (x~ - D(x~, sigma)) / sigma.
-    Churn: gamma = min(churn / N, sqrt(2) - 1) for sigma in [s_tmin, s_tmax] raises the
-    noise level to sigma (1 + gamma) by adding fresh noise (s_noise scales it). 2 NFE/step;
-    deterministic and second order when churn = 0."""
-    gamma_max = min(churn / num_steps, math.sqrt(2) - 1)
+    where every linear SDE's PF ODE is dx~/dsigma = (x~ - D(x~, sigma)) / sigma and
+    D(x~, sigma) = x0_hat(alpha x~, t(sigma)) (EDM's VPPrecond feeds the network alpha x~,
+    alpha = 1 / sqrt(sigma^2 + 1), at the t of that sigma). 2 NFE/step; deterministic and
+    second order when churn = 0.
+
+    EDM's N noise levels sigma_0 > ... > sigma_{N-1} are the grid's num_steps + 1 points
+    and its last step, to sigma_N = 0, is the final denoising step (`final`). Churn, as in
+    the algorithm box: at every level sigma_i in [s_tmin, s_tmax], the last one included,
+    gamma_i = min(churn / N, sqrt(2) - 1) raises the noise level to sigma_i (1 + gamma_i)
+    by adding fresh noise N(0, (sigma_hat^2 - sigma_i^2) s_noise^2 I) before the step.
+    """
+    gamma_max = min(churn / (num_steps + 1), math.sqrt(2) - 1)
 
     def denoise(ctx, x_tilde, t):
         mean_coeff = ctx.sde.marginal(t)[0]
         return ctx.x0(mean_coeff * x_tilde, t)
 
-    def step(ctx, key, x, carry, t, s):
-        sigma_t, sigma_s = ctx.sigma_edm(t), ctx.sigma_edm(s)
+    def churned(ctx, key, x, t):
+        """Algorithm 2, lines 4-6: (x_hat, sigma_hat, t_hat) in EDM's variables."""
+        sigma_t = ctx.sigma_edm(t)
         x_tilde = x / ctx.sde.marginal(t)[0]
-        if gamma_max > 0:
-            gamma = jnp.where((sigma_t >= s_tmin) & (sigma_t <= s_tmax), gamma_max, 0.0)
-            sigma_hat = sigma_t * (1 + gamma)
-            z = jax.random.normal(key, x.shape, x.dtype)
-            x_tilde = x_tilde + jnp.sqrt(sigma_hat**2 - sigma_t**2) * s_noise * z
-            sigma_t, t = sigma_hat, ctx.t_of_sigma_edm(sigma_hat)
-        d = (x_tilde - denoise(ctx, x_tilde, t)) / sigma_t
-        x_euler = x_tilde + (sigma_s - sigma_t) * d
+        if gamma_max == 0:
+            return x_tilde, sigma_t, t
+        gamma = jnp.where((sigma_t >= s_tmin) & (sigma_t <= s_tmax), gamma_max, 0.0)
+        sigma_hat = sigma_t * (1 + gamma)
+        z = jax.random.normal(key, x.shape, x.dtype)
+        # sqrt(sigma_hat^2 - sigma_t^2) written as sigma_t sqrt(gamma (2 + gamma)): the
+        # difference of squares can round to a tiny negative number (XLA contracts it into
+        # a fused multiply-add), whose square root is NaN where gamma = 0.
+        x_hat = x_tilde + sigma_t * jnp.sqrt(gamma * (2 + gamma)) * s_noise * z
+        t_hat = jnp.where(gamma > 0, ctx.t_of_sigma_edm(sigma_hat), t)
+        return x_hat, sigma_hat, t_hat
+
+    def step(ctx, key, x, carry, t, s):
+        x_hat, sigma_hat, t_hat = churned(ctx, key, x, t)
+        sigma_s = ctx.sigma_edm(s)
+        d = (x_hat - denoise(ctx, x_hat, t_hat)) / sigma_hat
+        x_euler = x_hat + (sigma_s - sigma_hat) * d
         d_s = (x_euler - denoise(ctx, x_euler, s)) / sigma_s
-        x_tilde = x_tilde + (sigma_s - sigma_t) * 0.5 * (d + d_s)
+        x_tilde = x_hat + (sigma_s - sigma_hat) * 0.5 * (d + d_s)
         return ctx.sde.marginal(s)[0] * x_tilde, carry
 
-    return Predictor(2, step, grid="edm")
+    def final(ctx, key, x, t):
+        # The Euler step to sigma = 0, x_hat + (0 - sigma_hat) d, is D(x_hat, sigma_hat).
+        x_hat, _, t_hat = churned(ctx, key, x, t)
+        return denoise(ctx, x_hat, t_hat)
+
+    return Predictor(2, step, grid="edm", final=final)
 
 
 def _dpm_solver_pp(num_steps: int, lower_order_final: bool = True,
@@ -157,14 +187,16 @@ def _dpm_solver_pp(num_steps: int, lower_order_final: bool = True,
       order 3:  x_s = (sigma_s / sigma_t) x_t - alpha_s [phi_1 m_0 - phi_2 D_1 + phi_3 D_2],
                 phi_2 = phi_1 / h + 1, phi_3 = phi_2 / h - 1/2, with D_1 ~ h m' and
                 D_2 ~ h^2 m'' the first and second derivatives of m(lambda) from divided
-                differences. Note D_2 = 2 (D1_0 - D1_1) / (r_0 + r_1): the 3M update
-                widely copied from k-diffusion uses half of it, which matches the Taylor
-                expansion only to first order in m'' and leaves that method second order
-                (measured global slope 2.1-2.3 vs 3 here; see the tests).
+                differences. Note D_2 = 2 (D1_0 - D1_1) / (r_0 + r_1): the authors' own
+                multistep code (LuChengTHU/dpm-solver, multistep_dpm_solver_third_update)
+                uses half of it, which matches the Taylor expansion only to first order in
+                m'' and leaves that method second order (measured global slope 2.0-2.3 vs
+                3 here; see the tests).
 
     Step i uses order min(order, i + 1) (too little history at the start) and, with
-    lower_order_final and num_steps < 15, the last steps drop to order num_steps - i as in
-    the authors' code (their lower_order_final). Deterministic.
+    lower_order_final and num_steps < 10, the last steps drop to order num_steps - i, as
+    in the authors' code (their lower_order_final; their docstring says < 15, their code
+    and this one < 10). Deterministic.
     """
 
     def step(ctx, key, x, carry, t, s):
@@ -175,7 +207,7 @@ def _dpm_solver_pp(num_steps: int, lower_order_final: bool = True,
         m0 = ctx.x0(x, t)
         phi_1 = jnp.expm1(-h)
         k = jnp.minimum(order, i + 1)
-        if lower_order_final and num_steps < 15:
+        if lower_order_final and num_steps < 10:
             k = jnp.minimum(k, num_steps - i)
         # Divided differences; the guards only keep unused branches finite at i = 0, 1.
         r0 = jnp.where(i >= 1, h1, h) / h
@@ -241,11 +273,12 @@ def _unipc(num_steps: int, order: int = 3, variant: str = "bh2",
     In this scan a step from t to s (1 NFE) evaluates x0_hat at the predicted x_t, applies
     the previous step's corrector with it (from step 1 on), and predicts x_s. The last
     prediction is not corrected (that would cost one more NFE), as in the authors' code.
-    Step i uses order min(order, i + 1) and, with lower_order_final and num_steps < 15
-    (the rule of `dpm_solver++`), min(., num_steps - i): low orders are more stable with
-    few, large steps; with more steps a first-order last step would cap the global order
-    at 2 (measured on the 2-D benchmark at 20 NFE, order 4: 0.00094 with it, 0.00078
-    without).
+    Step i uses order min(order, i + 1) and, with lower_order_final and num_steps < 15,
+    min(., num_steps - i): low orders are more stable with few, large steps. The authors'
+    code lowers the final orders at every num_steps; here not from 15 steps on, where a
+    first-order last step would cap the global order at 2 (measured on the 2-D benchmark
+    at 20 NFE, order 4: 0.00094 with it, 0.00078 without). (`dpm_solver++` follows its
+    authors' threshold, 10.)
     """
 
     def step(ctx, key, x, carry, t, s):
