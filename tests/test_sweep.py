@@ -118,17 +118,19 @@ def test_bad_sweeps_are_rejected(spec, match):
         sweep.expand(spec)
 
 
-def test_bad_files_and_launcher(repo):
+def test_bad_files_and_launcher(repo, capsys):
     with pytest.raises(ValueError, match="does not exist"):
         sweep.load_sweep(repo / "experiments" / "nope.py")
     (repo / "experiments" / "empty.py").write_text("x = 1\n")
     with pytest.raises(ValueError, match="must define get_sweep"):
         sweep.load_sweep(repo / "experiments" / "empty.py")
     with pytest.raises(ValueError, match=r"unknown launcher 'k8s'; available: \['local', 'slurm'\]"):
-        sweep.main(["run", str(write_sweep(repo, GRID)), "--launcher=k8s"])
+        sweep.make_launcher("k8s")
+    assert sweep.main(["run", str(write_sweep(repo, GRID)), "--launcher=k8s"]) == 2
+    assert "error: unknown launcher 'k8s'" in capsys.readouterr().err
     bad = write_sweep(repo, {**GRID, "config": "configs/missing.py"}, "bad")
-    with pytest.raises(ValueError, match="base config 'configs/missing.py'"):
-        sweep.main(["run", str(bad), "--dry_run"])
+    assert sweep.main(["run", str(bad), "--dry_run"]) == 2
+    assert "error: --config 'configs/missing.py': no such file" in capsys.readouterr().err
 
 
 def test_example_sweep_has_four_runs():
