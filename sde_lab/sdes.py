@@ -362,10 +362,13 @@ class CosineVPSDE(LogSNRVPSDE):
 
     def __init__(self, s: float = 0.008, log_snr_min: float = -20.0,
                  log_snr_max: float | None = None, T: float = 1.0, t_min: float = 1e-3):
-        _check(s >= 0, f"cosine_vp: need s >= 0, got s={s}")
+        _check(0 <= s < math.inf and math.isfinite(log_snr_min)
+               and (log_snr_max is None or math.isfinite(log_snr_max)),
+               f"cosine_vp: need finite s >= 0 and finite log-SNR bounds, got s={s}, "
+               f"log_snr_min={log_snr_min}, log_snr_max={log_snr_max}")
         _check(log_snr_max is None or log_snr_min < log_snr_max, f"cosine_vp: need "
                f"log_snr_min < log_snr_max, got {log_snr_min} and {log_snr_max}")
-        _check(T > 0 and 0 < t_min < T, f"cosine_vp: need 0 < t_min < T, got t_min={t_min}")
+        _check_times("cosine_vp", T, t_min)
         self.s, self.log_snr_min, self.T, self.t_min = float(s), float(log_snr_min), T, t_min
         self.log_snr_max = None if log_snr_max is None else float(log_snr_max)
         # The tangent lines, per unit u = t / T: each root is unique on its half, where
