@@ -9,9 +9,9 @@ returning a scalar (`key`: one PRNG key, or one per example, see `example_keys`)
 
 `edm_loss` (EDM's log-normal sigma and lambda) and `flow_matching_loss` (velocity
 regression) are this same loss with their own time densities and weights, derived in their
-docstrings. Conventions follow score_sde: no factor 1/2, `reduce="mean"` averages over data dimensions
-(`"sum"` sums them, which makes the likelihood-weighted loss an upper-bound estimate of the
-negative log-likelihood up to constants), and the batch is averaged.
+docstrings. Conventions follow score_sde: no factor 1/2, `reduce="mean"` averages over
+data dimensions (`"sum"` sums them, which makes the likelihood-weighted loss an upper-bound
+estimate of the negative log-likelihood up to constants), and the batch is averaged.
 """
 
 from __future__ import annotations
