@@ -18,6 +18,11 @@ No sampler or loss looks at the SDE's type; with mean_coeff = alpha and std = si
   edm     EDM preconditioning (Karras et al. 2022, Table 1) in the scaled space x / alpha,
           with sigma_edm = sigma / alpha:  D = c_skip x~ + c_out F(c_in x~, c_noise),
           score = (alpha D - x) / sigma^2           cond = c_noise = log(sigma_edm) / 4
+  velocity  v = d x_t / dt = alpha' x0 + sigma' eps (flow matching's target on `flow`);
+          E[v | x] is the PF-ODE drift, so score = (f x - v) / (g^2 / 2)   cond = 999 t
+  v       v-prediction (Salimans & Ho 2022) of the VP process x / r with the same log-SNR,
+          r = sqrt(alpha^2 + sigma^2): v = (alpha eps - sigma x0) / r,
+          score = -(sigma x / r^2 + alpha v / r) / sigma   (input x / r)     cond = 999 t
 """
 
 from __future__ import annotations
@@ -153,12 +158,86 @@ class EDM(Parameterization):
         return (denoised - c_skip * x / mean_coeff) / c_out
 
 
+@dataclasses.dataclass(frozen=True)
+class Velocity(Parameterization):
+    """Velocity prediction: the network predicts v = d x_t / dt = alpha'(t) x_0 +
+    sigma'(t) eps, the time derivative of the path x_t = alpha x_0 + sigma eps. On `flow`
+    (alpha = 1 - t, sigma = t) this is z - x_0, the target of (rectified) flow matching.
+
+    Its regression target E[v | x_t = x] is the probability-flow drift: with Tweedie's
+    E[x_0 | x] = (x + sigma^2 score) / alpha and E[eps | x] = -sigma score,
+
+        E[v | x] = (alpha'/alpha) x - (sigma sigma' - (alpha'/alpha) sigma^2) score
+                 = f x - 1/2 g^2 score,
+
+    since f = alpha'/alpha and g^2 = d sigma^2 / dt - 2 f sigma^2 (the variance ODE). So
+    to_score is score = (f x - v) / (g^2 / 2) and from_score v = f x - g^2 / 2 score, with
+    f x and g from `sde.drift_diffusion` (no derivative of the schedule is needed). The
+    output's scale is that of dx/dt: O(1) on `flow`, but sigma' on SDEs whose time runs
+    nonlinearly in sigma (VE: sigma' = sigma log(sigma_max / sigma_min); `edm`: up to
+    ~440 at sigma_max), where `eps`, `x0`, `edm` or `v` suit a network better.
+    Conditioning time_scale * t (999 t, as `eps` and rectified flow's DDPM++ models).
+    Undefined where g = 0 (t = 0 on `flow` and `edm`), which samplers and losses never
+    reach."""
+
+    time_scale: float = 999.0
+
+    def net_input(self, sde, x, t):
+        return x, self.time_scale * t
+
+    def to_score(self, sde, raw, x, t):
+        f, g = sde.drift_diffusion(x, t)
+        return (f - raw) / expand_to(0.5 * g**2, x)
+
+    def from_score(self, sde, score, x, t):
+        f, g = sde.drift_diffusion(x, t)
+        return f - expand_to(0.5 * g**2, x) * score
+
+
+@dataclasses.dataclass(frozen=True)
+class V(Parameterization):
+    """v-prediction (Salimans & Ho 2022, "Progressive distillation", Sec. 4): on a VP SDE
+    (alpha^2 + sigma^2 = 1, x_t = cos(phi) x_0 + sin(phi) eps) the network predicts
+    v = d x_t / d phi = alpha eps - sigma x_0.
+
+    Any other SDE is first made VP: with r = sqrt(alpha^2 + sigma^2), x_t / r = a x_0 + b eps
+    (a = alpha / r, b = sigma / r, a^2 + b^2 = 1) is the VP process with the same log-SNR,
+    the network sees it (unit scale for unit-scale data at every t) and predicts its
+    v = a eps - b x_0. r = 1 on VP, cosine VP and VDM; on VE-type SDEs (alpha = 1) this is
+    exactly EDM's preconditioning with sigma_data = 1 and F = -v: x_0 = x / (1 + sigma^2) -
+    sigma / sqrt(1 + sigma^2) v, c_in = 1 / r. Inverse maps: x_0 = a x~ - b v,
+    eps = b x~ + a v, score = -eps / sigma. Conditioning time_scale * t."""
+
+    time_scale: float = 999.0
+
+    def _coeffs(self, sde, x, t):
+        mean_coeff, std = sde.marginal(t)
+        r = jnp.sqrt(mean_coeff**2 + std**2)
+        return tuple(expand_to(v, x) for v in (mean_coeff / r, std / r, r, std, mean_coeff))
+
+    def net_input(self, sde, x, t):
+        r = self._coeffs(sde, x, t)[2]
+        return x / r, self.time_scale * t
+
+    def to_score(self, sde, raw, x, t):
+        a, b, r, std, _ = self._coeffs(sde, x, t)
+        return -(b * x / r + a * raw) / std
+
+    def from_score(self, sde, score, x, t):
+        a, b, _, std, mean_coeff = self._coeffs(sde, x, t)
+        eps = -std * score
+        x0 = (x + std**2 * score) / mean_coeff
+        return a * eps - b * x0
+
+
 REGISTRY: Registry[Parameterization] = Registry("parameterization", {
     "eps": Eps,
     "eps_gamma": EpsGamma,
     "score": Score,
     "x0": X0,
     "edm": EDM,
+    "velocity": Velocity,
+    "v": V,
 })
 
 
@@ -167,5 +246,6 @@ def available() -> list[str]:
 
 
 def make(name: str, **kwargs) -> Parameterization:
-    """Builds a parameterization: "eps", "eps_gamma", "score", "x0" or "edm" (sigma_data)."""
+    """Builds a parameterization: "eps", "eps_gamma", "score", "x0", "edm" (sigma_data=0.5),
+    "velocity" or "v" (time_scale=999)."""
     return REGISTRY.make(name, **kwargs)

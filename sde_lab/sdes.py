@@ -523,6 +523,140 @@ class LearnedVPSDE(LogSNRVPSDE):
                 f"learned={self.learned}, T={self.T}, t_min={self.t_min})")
 
 
+def _exact_chain(sde: SDE, x: Array, t: Array, dt: float) -> tuple[Array, Array]:
+    """The forward chain whose step from t - dt to t is the exact kernel (`transition`):
+    F = (a - 1) x, G = b. Consistent at every step size, including steps that reach an
+    endpoint where f or g is large (the flow SDE near t = 1)."""
+    a, b = sde.transition(jnp.maximum(t - dt, 0.0), t)
+    return (expand_to(a, x) - 1.0) * x, b
+
+
+class EDMSDE(SDE):
+    """EDM's variance-exploding path (Karras et al. 2022): x_t = x_0 + sigma(t) n, with
+    time measured along EDM's sampling discretization (their eq. 5),
+
+        sigma(t) = (sigma_min^(1/rho) + (t / T) (sigma_max^(1/rho) - sigma_min^(1/rho)))^rho,
+
+    so dx = g(t) dw with g^2 = d sigma^2 / dt = 2 rho sigma^2 u' / u (u = sigma^(1/rho)),
+    mean_coeff = 1, log_snr = -2 rho log u (closed-form inverse) and prior
+    N(0, sigma_max^2 I). As for VE, std(0) = sigma_min: the process starts from the data
+    perturbed by N(0, sigma_min^2), and t in [0, T] covers EDM's whole range
+    [sigma_min, sigma_max] = [0.002, 80].
+
+    Why not EDM's own time sigma(t) = t: the contract holds either way (T = 80 would be a
+    valid horizon), but every uniform-in-t default of the library (the samplers' linear
+    grid, dsm's t ~ U[eps, T], the discrete levels) would then be uniform in sigma, which
+    puts 99% of the steps or training noise above sigma = 0.8 and fails the exact-score
+    tests at their step counts. With t on EDM's rho grid those defaults become EDM's own
+    discretization and T = 1 like every other SDE. A change of time variable does not move
+    the probability-flow trajectories: this SDE's PF ODE traces EDM's ODE
+    dx / dsigma = (x - D(x; sigma)) / sigma, which `samplers.heun` integrates in sigma.
+    """
+
+    def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0,
+                 T: float = 1.0, t_min: float = 1e-5):
+        _check(0 < sigma_min < sigma_max < math.inf, f"edm: need 0 < sigma_min < sigma_max < "
+               "inf, got "
+               f"sigma_min={sigma_min}, sigma_max={sigma_max}")
+        _check(0 < rho < math.inf, f"edm: need finite rho > 0, got rho={rho}")
+        _check_times("edm", T, t_min)
+        self.sigma_min, self.sigma_max, self.rho = sigma_min, sigma_max, rho
+        self.T, self.t_min = T, t_min
+
+    def _u_ends(self) -> tuple[float, float]:
+        return self.sigma_min ** (1 / self.rho), self.sigma_max ** (1 / self.rho)
+
+    def _u(self, t: Array) -> Array:
+        """u(t) = sigma(t)^(1/rho), linear in t."""
+        u0, u1 = self._u_ends()
+        return u0 + (t / self.T) * (u1 - u0)
+
+    def sigma(self, t: Array) -> Array:
+        return self._u(t) ** self.rho
+
+    def marginal(self, t):
+        return jnp.ones_like(t), self.sigma(t)
+
+    def drift_diffusion(self, x, t):
+        u0, u1 = self._u_ends()
+        u = self._u(t)
+        g2 = 2 * self.rho * (u1 - u0) / self.T * u ** (2 * self.rho - 1)
+        return jnp.zeros_like(x), jnp.sqrt(g2)
+
+    def log_snr(self, t):
+        return -2.0 * self.rho * jnp.log(self._u(t))
+
+    def t_from_log_snr(self, log_snr):
+        u0, u1 = self._u_ends()
+        return self.T * (jnp.exp(-log_snr / (2 * self.rho)) - u0) / (u1 - u0)
+
+    def prior_sample(self, key, shape):
+        return self.sigma_max * jax.random.normal(key, shape)
+
+    def prior_logp(self, z):
+        return _standard_normal_logp(z, self.sigma_max)
+
+    def discretize(self, x, t, dt):
+        """Exact chain (SMLD's form): F = 0, G = sqrt(sigma(t)^2 - sigma(t - dt)^2)."""
+        return _exact_chain(self, x, t, dt)
+
+
+class FlowSDE(SDE):
+    """The rectified-flow / conditional-OT path (Liu et al. 2023; Lipman et al. 2023):
+    x_t = (1 - t) x_0 + t z, i.e. mean_coeff = 1 - t, std = t, log_snr = 2 log((1 - t) / t)
+    and t = sigmoid(-log_snr / 2).
+
+    The linear SDE with these marginals (f = d log alpha / dt, g^2 = d std^2 / dt - 2 f std^2):
+
+        dx = -x / (1 - t) dt + sqrt(2 t / (1 - t)) dw.
+
+    Its probability-flow drift f x - 1/2 g^2 score equals the flow's velocity
+    E[z - x_0 | x_t = x] = (x - x0_hat) / t, the field flow matching learns (see
+    `parameterization.Velocity`). The SDE family with the same marginals is
+    dx = [v + 1/2 gamma(t)^2 score] dt + gamma(t) dw for any gamma >= 0 (Fokker-Planck:
+    the score term's drift cancels the added diffusion; in reverse time the score term
+    changes sign): gamma = 0 is the flow ODE and gamma^2 = g^2 the linear SDE above, the
+    only member whose drift is linear in x.
+
+    Endpoint: at t = 1, mean_coeff = 0, so log_snr = -inf and f, g^2 are infinite (the
+    velocity itself stays finite). Samplers evaluate the drift, log_snr, t_from_log_snr and
+    Tweedie's x0_hat = (x + std^2 score) / mean_coeff at T, so T must stay below 1: the
+    default T = 0.999 gives log_snr(T) = -13.8 (VP's is -10.0, cosine VP's -20), f(T) =
+    -1000. The prior is N(0, T^2 I), the exact p_T of data at 0; for other data p_T differs
+    from it by the (1 - T) x_0 term only: KL <= (1 - T)^2 E|x_0|^2 / (2 T^2), 5e-7 nats per
+    unit-variance dimension (VP's gap is 2e-5 for a unit mean). Sampling from N(0, I) at
+    t = 1, as flow-matching code does, differs from this start by the same O(1 - T) term.
+    """
+
+    def __init__(self, T: float = 0.999, t_min: float = 1e-3):
+        _check(0 < t_min < T < 1, f"flow: need 0 < t_min < T < 1 (alpha = 1 - t vanishes at "
+               f"t = 1), got t_min={t_min}, T={T}")
+        self.T, self.t_min = T, t_min
+
+    def marginal(self, t):
+        return 1.0 - t, t
+
+    def drift_diffusion(self, x, t):
+        return -x / expand_to(1.0 - t, x), jnp.sqrt(2.0 * t / (1.0 - t))
+
+    def log_snr(self, t):
+        return 2.0 * (jnp.log1p(-t) - jnp.log(t))
+
+    def t_from_log_snr(self, log_snr):
+        return jax.nn.sigmoid(-0.5 * log_snr)
+
+    def prior_sample(self, key, shape):
+        return self.T * jax.random.normal(key, shape)
+
+    def prior_logp(self, z):
+        return _standard_normal_logp(z, self.T)
+
+    def discretize(self, x, t, dt):
+        """Exact chain: F = (a - 1) x, G = b from `transition(t - dt, t)`. Euler-Maruyama
+        (the base class) is inconsistent at the last step before t = 1 (f dt ~ -1)."""
+        return _exact_chain(self, x, t, dt)
+
+
 @dataclasses.dataclass(frozen=True)
 class ReverseSDE:
     """Reverse-time SDE (Anderson 1982) or probability-flow ODE of `sde` for a score.
@@ -564,6 +698,8 @@ REGISTRY: Registry[SDE] = Registry("sde", {
     "ve": VESDE,
     "cosine_vp": CosineVPSDE,
     "vdm": LearnedVPSDE,
+    "edm": EDMSDE,
+    "flow": FlowSDE,
 })
 
 
@@ -577,7 +713,8 @@ def available() -> list[str]:
 
 
 def make(name: str, **kwargs) -> SDE:
-    """Builds the SDE registered as `name` ("vp", "subvp", "ve", "cosine_vp", "vdm", ...).
+    """Builds the SDE registered as `name` ("vp", "subvp", "ve", "cosine_vp", "vdm", "edm",
+    "flow", ...).
 
     Raises:
       ValueError: unknown name or option (listing the valid ones), or invalid parameters

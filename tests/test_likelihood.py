@@ -27,8 +27,8 @@ from sde_lab import likelihood, sdes
 from sde_lab.analytic import GaussianMixture
 from test_sdes import CASES
 
-SDE_NAMES = ["vp", "subvp", "ve"]
-PRIOR_STD = {"vp": 1.0, "subvp": 1.0, "ve": 50.0}
+SDE_NAMES = ["vp", "subvp", "ve", "edm", "flow"]
+PRIOR_STD = {"vp": 1.0, "subvp": 1.0, "ve": 50.0, "edm": 80.0, "flow": 0.999}
 T_MIN = 1e-5
 TOL_PER_DIM = 1e-4
 
@@ -65,7 +65,7 @@ def _prior_gap64(gm, case, z) -> np.ndarray:
     z = np.asarray(z, np.float64)
     s = PRIOR_STD[case]
     prior = -0.5 * np.sum(z**2, -1) / s**2 - 0.5 * z.shape[-1] * np.log(2 * np.pi * s**2)
-    return _logp64(gm, case, z, 1.0) - prior
+    return _logp64(gm, case, z, sdes.make(case).T) - prior
 
 
 @pytest.mark.parametrize("dim", [2, 16])
@@ -120,8 +120,10 @@ def _hutchinson_sample(case, noise, num_probes=1, n=512, dim=16):
     return np.asarray(logp, np.float64), float(exact[0])
 
 
+# The Hutchinson estimator's bias does not depend on the SDE (its trajectory is the exact
+# estimator's): three SDEs suffice; every SDE's density is checked by the exact test above.
 @pytest.mark.parametrize("noise", ["rademacher", "gaussian"])
-@pytest.mark.parametrize("case", SDE_NAMES)
+@pytest.mark.parametrize("case", ["vp", "subvp", "ve"])
 def test_hutchinson_is_unbiased(case, noise):
     samples, exact = _hutchinson_sample(case, noise)
     se = samples.std(ddof=1) / math.sqrt(samples.size)

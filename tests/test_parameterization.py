@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from sde_lab import parameterization, sdes
+from test_sdes import CASES
 
-SDES = ["vp", "subvp", "ve", "cosine_vp"]
-PARAMS = ["eps", "score", "x0", "edm"]
+SDES = ["vp", "subvp", "ve", "cosine_vp", "edm", "flow"]
+PARAMS = ["eps", "score", "x0", "edm", "velocity", "v"]
 
 
 def _setup(sde_name, seed=0):
@@ -35,8 +36,22 @@ def test_round_trip(sde_name, name):
     np.testing.assert_allclose(p.to_score(sde, raw, xt, t) * std, score * std, atol=1e-4)
 
 
-def _ideal_output(name, x0, eps, xt, mean_coeff, std, sigma_data=0.5):
+def _path_derivatives(sde_name, t):
+    """(alpha'(t), sigma'(t)) [16, 1, 1, 1] by central differences of test_sdes.CASES'
+    float64 closed forms (truncation error ~1e-10 relative)."""
+    t, h = np.asarray(t, np.float64), 1e-5
+    plus, minus = CASES[sde_name][1](t + h), CASES[sde_name][1](t - h)
+    return tuple(((p - m) / (2 * h)).reshape(16, 1, 1, 1) for p, m in zip(plus, minus))
+
+
+def _ideal_output(name, x0, eps, xt, mean_coeff, std, sigma_data=0.5, derivatives=None):
     """What a perfect network outputs for (x0, eps), from each paper's definition."""
+    if name == "velocity":       # d x_t / dt along the path
+        d_mean, d_std = derivatives
+        return d_mean * x0 + d_std * eps
+    if name == "v":              # Salimans & Ho's v of the VP process x_t / r
+        r = np.sqrt(mean_coeff**2 + std**2)
+        return (mean_coeff * eps - std * x0) / r
     if name == "eps":
         return eps
     if name == "score":          # sigma * grad log p(x_t | x_0) = -eps
@@ -54,7 +69,8 @@ def _ideal_output(name, x0, eps, xt, mean_coeff, std, sigma_data=0.5):
 def test_ideal_output_gives_conditional_score(sde_name, name):
     """grad log p(x_t | x_0) = -eps / std, computed in float64 NumPy."""
     sde, t, x0, eps, xt, mean_coeff, std = _setup(sde_name, seed=1)
-    raw = _ideal_output(name, x0, eps, xt, mean_coeff, std)
+    raw = _ideal_output(name, x0, eps, xt, mean_coeff, std,
+                        derivatives=_path_derivatives(sde_name, t))
     p = parameterization.make(name)
     got = p.to_score(sde, jnp.asarray(raw, jnp.float32), jnp.asarray(xt, jnp.float32), t)
     want = -eps / std
@@ -75,6 +91,29 @@ def test_conditioning_values(sde_name):
     c_in = 1 / np.sqrt(sigma**2 + 0.25)
     np.testing.assert_allclose(x_in, c_in.reshape(-1, 1, 1, 1) * np.asarray(xt) / mean_coeff,
                                rtol=1e-4, atol=1e-5)
+    x_in, cond = parameterization.make("v").net_input(sde, xt, t)
+    np.testing.assert_allclose(cond, 999 * np.asarray(t), rtol=1e-6)
+    np.testing.assert_allclose(x_in, np.asarray(xt) / np.sqrt(mean_coeff**2 + std**2),
+                               rtol=1e-4, atol=1e-5)
+    x_in, cond = parameterization.make("velocity").net_input(sde, xt, t)
+    np.testing.assert_allclose(cond, 999 * np.asarray(t), rtol=1e-6)
+    np.testing.assert_array_equal(x_in, xt)
+
+
+def test_velocity_on_flow_is_noise_minus_data_and_v_on_ve_is_edm_with_unit_sigma_data():
+    """Two identities the docstrings state: on `flow` the velocity of (x0, eps) is
+    eps - x0; on VE, v = -F of EDM's preconditioning with sigma_data = 1."""
+    sde, t, x0, eps, xt, _, std = _setup("flow", seed=2)
+    got = parameterization.make("velocity").from_score(
+        sde, jnp.asarray(-eps / std, jnp.float32), jnp.asarray(xt, jnp.float32), t)
+    # from_score of the conditional score -eps / std gives E[v | x_t, x0] = eps - x0.
+    np.testing.assert_allclose(got, eps - x0, rtol=1e-4, atol=1e-4)
+    sde, t, x0, eps, xt, _, std = _setup("ve", seed=2)
+    score = jnp.asarray(-eps / std, jnp.float32)
+    xt = jnp.asarray(xt, jnp.float32)
+    v = parameterization.make("v").from_score(sde, score, xt, t)
+    f = parameterization.make("edm", sigma_data=1.0).from_score(sde, score, xt, t)
+    np.testing.assert_allclose(v, -f, rtol=1e-4, atol=1e-4)
 
 
 def test_score_model_composes_apply_fn():
@@ -89,5 +128,5 @@ def test_score_model_composes_apply_fn():
 
 
 def test_unknown_name():
-    with pytest.raises(ValueError, match=r"unknown parameterization 'v'; available: \["):
-        parameterization.make("v")
+    with pytest.raises(ValueError, match=r"unknown parameterization 'vel'; available: \["):
+        parameterization.make("vel")

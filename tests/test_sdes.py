@@ -60,6 +60,14 @@ def _cosine(s=0.008, lmin=-20.0, lmax=None):
     return marginal, g2
 
 
+def _edm_u(t):
+    return 0.002 ** (1 / 7) + t * (80.0 ** (1 / 7) - 0.002 ** (1 / 7))
+
+
+# Standard deviation of each SDE's prior N(0, s^2 I).
+PRIOR_STD = {"ve": 50.0, "edm": 80.0, "flow": 0.999}
+
+
 # name, kwargs, closed-form (mean_coeff, std) in float64, closed-form g(t)^2.
 CASES = {
     "vp": ({}, lambda t: (np.exp(-_vp_b(t) / 2), np.sqrt(1 - np.exp(-_vp_b(t)))),
@@ -70,6 +78,12 @@ CASES = {
            lambda t: (0.01 * 5000.0**t) ** 2 * 2 * np.log(5000.0)),
     "cosine_vp": ({}, *_cosine()),
     "cosine_vp_custom": ({"s": 0.0, "log_snr_max": 20.0}, *_cosine(s=0.0, lmax=20.0)),
+    # EDM on its rho = 7 grid: u = sigma^(1/7) linear from 0.002^(1/7) to 80^(1/7), so
+    # g^2 = d u^14 / dt = 14 u^13 u'.
+    "edm": ({}, lambda t: (np.ones_like(t), _edm_u(t) ** 7),
+            lambda t: 14 * _edm_u(t) ** 13 * (80.0 ** (1 / 7) - 0.002 ** (1 / 7))),
+    # Rectified flow, T = 0.999: g^2 = d t^2 / dt - 2 (-1 / (1 - t)) t^2 = 2 t / (1 - t).
+    "flow": ({}, lambda t: (1 - t, t), lambda t: 2 * t / (1 - t)),
     "vp_custom": ({"beta_min": 0.5, "beta_max": 5.0, "T": 2.0},
                   lambda t: (np.exp(-_vp_b(t, .5, 5.) / 2), np.sqrt(1 - np.exp(-_vp_b(t, .5, 5.)))),
                   lambda t: 0.5 + t * 4.5),
@@ -139,7 +153,7 @@ def test_prior_logp_matches_scipy(case):
     key = jax.random.PRNGKey(1)
     z = sde.prior_sample(key, (6, 2, 3))
     std_t = CASES[case][1](np.array(sde.T))[1]
-    prior_std = 50.0 if case == "ve" else 1.0
+    prior_std = PRIOR_STD.get(case, 1.0)
     want = stats.norm(0, prior_std).logpdf(np.asarray(z, np.float64)).reshape(6, -1).sum(-1)
     np.testing.assert_allclose(sde.prior_logp(z), want, rtol=1e-5)
     # The prior is close to the true terminal marginal of a centred unit-scale datum.
@@ -306,7 +320,8 @@ def test_defaults_are_score_sde_cifar10_values():
 
 
 @pytest.mark.parametrize("name, kwargs, match", [
-    ("vpp", {}, r"unknown sde 'vpp'; available: \['cosine_vp', 'subvp', 'vdm', 've', 'vp'\]"),
+    ("vpp", {}, r"unknown sde 'vpp'; available: \['cosine_vp', 'edm', 'flow', 'subvp', 'vdm', "
+     r"'ve', 'vp'\]"),
     ("vp", {"beta_min": 5.0, "beta_max": 1.0}, "beta_min < beta_max"),
     ("subvp", {"beta_min": 20.0, "beta_max": 20.0}, "beta_min < beta_max"),
     ("ve", {"sigma_min": 0.0}, "0 < sigma_min"),
@@ -319,6 +334,9 @@ def test_defaults_are_score_sde_cifar10_values():
     ("cosine_vp", {"log_snr_min": -1.0}, "cosine_vp: log_snr_min=-1.0 must be below"),
     ("cosine_vp", {"log_snr_max": 2.0}, "cosine_vp: log_snr_max=2.0 must be above"),
     ("cosine_vp", {"log_snr_max": -30.0}, "log_snr_min < log_snr_max"),
+    ("edm", {"sigma_max": 0.001}, "edm: need 0 < sigma_min < sigma_max"),
+    ("edm", {"rho": 0.0}, "edm: need rho > 0"),
+    ("flow", {"T": 1.0}, r"flow: need 0 < t_min < T < 1 \(alpha = 1 - t vanishes"),
 ])
 def test_make_rejects_bad_input(name, kwargs, match):
     with pytest.raises(ValueError, match=match):
