@@ -88,6 +88,8 @@ def get_default() -> ml_collections.ConfigDict:
     # ---- Training (sde_lab.train) ----
     config.train = train = ml_collections.ConfigDict()
     train.batch_size = 128                # global batch, divisible by the device count
+    train.grad_accum_steps = 1            # > 1: the batch's gradient is summed over this many
+                                          # micro-batches in sequence (less memory, same step)
     train.num_steps = 4000
     train.steps_per_dispatch = 1          # train steps fused into one jitted call (lax.scan;
                                           # measured ~20x slower per step on XLA:CPU for
@@ -107,6 +109,9 @@ def get_default() -> ml_collections.ConfigDict:
     optim.eps = 1e-8
     optim.weight_decay = 0.0              # adamw only
     optim.warmup_steps = 5000             # linear warmup from 0 (score_sde: 5000)
+    optim.schedule = "constant"           # after warmup: constant (score_sde) | cosine | linear
+                                          # decay to min_lr_ratio * lr at train.num_steps
+    optim.min_lr_ratio = 0.0
     optim.grad_clip = 1.0                 # global-norm clipping; <= 0 disables
     optim.ema_rate = 0.9999               # EMA of parameters used for sampling/eval
 
@@ -132,6 +137,11 @@ def get_default() -> ml_collections.ConfigDict:
     ev.bpd_t_min = 1e-5                   # PF-ODE starts here (score_sde: 1e-5 for all SDEs)
     ev.checkpoints = ""                   # comma-separated steps; "" = each one as it appears
     ev.wait_seconds = 0                   # > 0: keep polling for new checkpoints this long
+
+    # ---- Logging beyond metrics.jsonl and TensorBoard (sde_lab.trackers) ----
+    config.log = log = ml_collections.ConfigDict()
+    log.tracker = ""                      # "" | wandb (only if the package is installed)
+    log.project = "sde_lab"               # the tracker's project
 
     # ---- Parallelism (sde_lab.parallel) ----
     config.parallel = par = ml_collections.ConfigDict()

@@ -24,7 +24,8 @@ import time
 import jax
 import numpy as np
 
-from sde_lab import parallel, sample, state as state_lib, workdir as workdir_lib
+from sde_lab import parallel, sample, state as state_lib, trackers
+from sde_lab import workdir as workdir_lib
 from sde_lab.progress import Progress
 
 
@@ -70,7 +71,7 @@ def run(exp, workdir: str, steps=None) -> int:
     steps = steps if steps is not None else exp.eval.checkpoints
     done: set[int] = set()
     deadline = time.time() + exp.eval.wait_seconds
-    tb = _TensorBoard(workdir)
+    tb = _TensorBoard(workdir, trackers.for_run(exp, workdir))
     try:
         while True:
             available = checkpoint_steps(workdir)
@@ -234,10 +235,11 @@ def _vdm_bound(exp, params, batches, key) -> float:
 
 
 class _TensorBoard:
-    """Eval scalars and sample grids in the run's TensorBoard, at the checkpoint's step."""
+    """Eval scalars and sample grids in the run's TensorBoard (and the configured tracker),
+    at the checkpoint's step."""
 
-    def __init__(self, workdir: str):
-        self.writer = None
+    def __init__(self, workdir: str, tracker=None):
+        self.writer, self.tracker = None, tracker
         if parallel.is_main_process():
             from tensorboardX import SummaryWriter
 
@@ -247,9 +249,12 @@ class _TensorBoard:
     def write(self, step: int, result: dict, png: str | None) -> None:
         if self.writer is None:
             return
-        for k, v in result.items():
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step":
-                self.writer.add_scalar(f"eval/{k}", v, step)
+        scalars = {f"eval/{k}": v for k, v in result.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step"}
+        for k, v in scalars.items():
+            self.writer.add_scalar(k, v, step)
+        if self.tracker is not None:
+            self.tracker.log(step, scalars)
         if png:
             from PIL import Image
 
@@ -260,6 +265,8 @@ class _TensorBoard:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+        if self.tracker is not None:
+            self.tracker.close()
 
 
 def evaluate_checkpoint(exp, workdir: str, step: int, tb: _TensorBoard | None = None) -> dict:

@@ -36,6 +36,7 @@ class ConfigError(ValueError):
 
 PARALLEL_MODES = ("jit", "pmap")
 OPTIMIZERS = ("adam", "adamw")
+LR_SCHEDULES = ("constant", "cosine", "linear")
 FEATURE_EXTRACTORS = ("digits", "inception", "none")
 BPD_ESTIMATORS = ("hutchinson", "exact")
 
@@ -160,6 +161,7 @@ class TrainSpec:
     sample_every_steps: int
     max_to_keep: int
     eval_at_end: bool
+    grad_accum_steps: int = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,6 +175,9 @@ class OptimSpec:
     warmup_steps: int
     grad_clip: float
     ema_rate: float
+    schedule: str = "constant"
+    min_lr_ratio: float = 0.0
+    decay_steps: int = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -210,6 +215,12 @@ class EvalSpec:
     bpd_t_min: float
     checkpoints: tuple[int, ...] | None
     wait_seconds: float
+
+
+@dataclasses.dataclass(frozen=True)
+class LogSpec:
+    tracker: str
+    project: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -268,6 +279,7 @@ class Experiment:
     sampler: SamplerSpec
     eval: EvalSpec
     parallel: ParallelSpec
+    log: LogSpec = LogSpec("", "sde_lab")
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -395,13 +407,16 @@ def _loss(config, sde: sdes.SDE, data: DataSpec) -> tuple[str, Callable]:
 
 def _train(config) -> TrainSpec:
     t = config.train
-    for field in ("batch_size", "num_steps", "steps_per_dispatch", "max_to_keep"):
+    for field in ("batch_size", "num_steps", "steps_per_dispatch", "max_to_keep",
+                  "grad_accum_steps"):
         _positive_int(f"train.{field}", t[field])
+    _require(t.batch_size % t.grad_accum_steps == 0, "train.grad_accum_steps",
+             t.grad_accum_steps, f"must divide train.batch_size={t.batch_size}")
     for field in ("log_every_steps", "checkpoint_every_steps", "sample_every_steps"):
         _nonnegative_int(f"train.{field}", t[field])
     return TrainSpec(t.batch_size, t.num_steps, t.steps_per_dispatch, t.log_every_steps,
                      t.checkpoint_every_steps, t.sample_every_steps, t.max_to_keep,
-                     t.eval_at_end)
+                     t.eval_at_end, t.grad_accum_steps)
 
 
 def _optim(config) -> OptimSpec:
@@ -417,8 +432,12 @@ def _optim(config) -> OptimSpec:
     _nonnegative_int("optim.warmup_steps", o.warmup_steps)
     _require(_finite(o.grad_clip), "optim.grad_clip", o.grad_clip,
              "must be finite (<= 0 disables clipping)")
+    _choice("optim.schedule", o.schedule, LR_SCHEDULES)
+    _require(_finite(o.min_lr_ratio) and 0 <= o.min_lr_ratio <= 1, "optim.min_lr_ratio",
+             o.min_lr_ratio, "must be in [0, 1]")
     return OptimSpec(o.optimizer, o.lr, o.beta1, o.beta2, o.eps, o.weight_decay,
-                     o.warmup_steps, o.grad_clip, o.ema_rate)
+                     o.warmup_steps, o.grad_clip, o.ema_rate, o.schedule, o.min_lr_ratio,
+                     max(1, config.train.num_steps))
 
 
 def _sampler(config) -> SamplerSpec:
@@ -462,6 +481,16 @@ def _eval(config, sde: sdes.SDE) -> EvalSpec:
                     e.wait_seconds)
 
 
+def _log(config) -> LogSpec:
+    from sde_lab import trackers
+
+    try:
+        trackers.check(config.log.tracker)
+    except ValueError as e:
+        raise ConfigError(f"log.tracker: {e}") from None
+    return LogSpec(config.log.tracker, config.log.project)
+
+
 def parallel_spec(config) -> ParallelSpec:
     p = config.parallel
     _choice("parallel.mode", p.mode, PARALLEL_MODES)
@@ -487,7 +516,7 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
         param=parameterization.make(config.model.parameterization), loss=loss,
         loss_name=loss_name, num_classes=config.model.num_classes, data=data,
         train=_train(config), optim=_optim(config), sampler=_sampler(config),
-        eval=_eval(config, sde), parallel=parallel_spec(config))
+        eval=_eval(config, sde), parallel=parallel_spec(config), log=_log(config))
 
 
 def check_shapes(exp: Experiment) -> None:

@@ -115,7 +115,13 @@ class Registry(Generic[T]):
         return out
 
     def check_options(self, name: str, options: dict[str, Any]) -> None:
-        valid = list(self.options(name, scalar_only=False))
+        """ValueError for keywords the factory does not take (defaulted or not)."""
+        factory = self[name]
+        target = factory.__init__ if inspect.isclass(factory) else factory
+        params = inspect.signature(target).parameters.values()
+        if any(p.kind == p.VAR_KEYWORD for p in params):
+            return
+        valid = [p.name for p in params if p.name != "self" and p.kind != p.VAR_POSITIONAL]
         unknown = sorted(set(options) - set(valid))
         if unknown:
             raise ValueError(f"{self.kind} {name!r}: unknown option(s) {unknown}; valid "

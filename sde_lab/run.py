@@ -49,7 +49,11 @@ MODES: dict[str, tuple[Callable[..., int], str | None, bool, str]] = {
 
 def _check_devices(exp) -> None:
     mesh = parallel.make_mesh()
-    for name, value in (("train.batch_size", exp.train.batch_size),
+    t = exp.train
+    train_name = "train.batch_size" + (
+        f" / train.grad_accum_steps ({t.batch_size} / {t.grad_accum_steps})"
+        if t.grad_accum_steps > 1 else "")
+    for name, value in ((train_name, t.batch_size // t.grad_accum_steps),
                         ("eval.batch_size", exp.eval.batch_size),
                         ("sample.batch_size", exp.sampler.batch_size)):
         try:

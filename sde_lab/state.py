@@ -25,10 +25,23 @@ class TrainState:
 
 
 def learning_rate_schedule(optim) -> Callable:
-    """Linear warmup from 0 to `optim.lr` over `warmup_steps` (score_sde), then constant."""
-    if optim.warmup_steps > 0:
-        return optax.linear_schedule(0.0, optim.lr, optim.warmup_steps)
-    return optax.constant_schedule(optim.lr)
+    """Linear warmup from 0 to `optim.lr` over `warmup_steps` (score_sde), then
+    `optim.schedule`: "constant", or a "cosine" / "linear" decay to
+    `min_lr_ratio * lr` at step `decay_steps` (the run's train.num_steps)."""
+    if optim.schedule == "constant":
+        if optim.warmup_steps > 0:
+            return optax.linear_schedule(0.0, optim.lr, optim.warmup_steps)
+        return optax.constant_schedule(optim.lr)
+    warmup = min(optim.warmup_steps, optim.decay_steps - 1)
+    end = optim.lr * optim.min_lr_ratio
+    if optim.schedule == "cosine":
+        return optax.warmup_cosine_decay_schedule(0.0, optim.lr, warmup, optim.decay_steps,
+                                                  end_value=end)
+    decay = optax.linear_schedule(optim.lr, end, optim.decay_steps - warmup)
+    if warmup > 0:
+        return optax.join_schedules([optax.linear_schedule(0.0, optim.lr, warmup), decay],
+                                    [warmup])
+    return decay
 
 
 def make_optimizer(optim) -> optax.GradientTransformation:

@@ -25,7 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from sde_lab import checkpointing, interrupts, parallel, sample, workdir as workdir_lib
+from sde_lab import checkpointing, interrupts, parallel, sample, trackers
+from sde_lab import workdir as workdir_lib
 from sde_lab.losses import example_keys
 from sde_lab.progress import fmt_seconds
 from sde_lab.state import TrainState, init_state, learning_rate_schedule, make_optimizer
@@ -49,19 +50,53 @@ def ema_decay(step, ema_rate: float):
     return jnp.minimum(ema_rate, (1.0 + step) / (10.0 + step))
 
 
-def make_train_step(loss_fn: Callable, optimizer, ema_rate: float) -> Callable:
+def accumulated_value_and_grad(loss_fn: Callable, num_micro: int) -> Callable:
+    """value_and_grad of `loss_fn(params, batch, keys)` over a batch taken as `num_micro`
+    micro-batches in sequence (`lax.scan`, so only one micro-batch's activations are
+    alive), averaged: equal to the whole batch's value and gradient for a loss that is a
+    mean over examples with per-example randomness (all of sde_lab's, except that dropout
+    masks and VDM's antithetic times are drawn per micro-batch).
+
+    Micro-batch j holds examples j, j + k, j + 2k, ... (k = num_micro), so a batch split
+    over devices along its first axis stays split the same way in every micro-batch.
+    """
+    value_and_grad = jax.value_and_grad(loss_fn)
+    if num_micro == 1:
+        return value_and_grad
+
+    def fn(params, batch, keys):
+        def micro(v):
+            v = v.reshape((v.shape[0] // num_micro, num_micro) + v.shape[1:])
+            return jnp.swapaxes(v, 0, 1)
+
+        def body(total, inputs):
+            value, grads = value_and_grad(params, *inputs)
+            return jax.tree.map(jnp.add, total, (value, grads)), None
+
+        zero = (jnp.zeros(()), jax.tree.map(jnp.zeros_like, params))
+        total, _ = jax.lax.scan(body, zero, jax.tree.map(micro, (batch, keys)))
+        return jax.tree.map(lambda v: v / num_micro, total)
+
+    return fn
+
+
+def make_train_step(loss_fn: Callable, optimizer, ema_rate: float,
+                    grad_accum_steps: int = 1) -> Callable:
     """train_step(state, batch, keys, reduce_fn) -> (state, metrics).
 
     `batch` leaves and `keys` are [B, k, ...]: k fused steps (k = steps per dispatch, a
     lax.scan), examples first so data parallelism shards the example axis. `reduce_fn`
-    averages across devices in pmap mode and is the identity under jit sharding. Metrics
-    per step: loss, grad_norm, and the global norms of the new parameters and EMA.
+    averages across devices in pmap mode and is the identity under jit sharding. Each step
+    takes its gradient over `grad_accum_steps` micro-batches of B / grad_accum_steps
+    (`accumulated_value_and_grad`). Metrics per step: loss, grad_norm, and the global
+    norms of the new parameters and EMA.
     """
+    value_and_grad = accumulated_value_and_grad(loss_fn, grad_accum_steps)
 
     def train_step(state, batch, keys, reduce_fn):
         def one_step(state, inputs):
             batch, keys = inputs
-            loss, grads = jax.value_and_grad(loss_fn)(state.params, batch, keys)
+            loss, grads = value_and_grad(state.params, batch, keys)
             loss, grads = reduce_fn((loss, grads))
             updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
             params = optax.apply_updates(state.params, updates)
@@ -84,15 +119,17 @@ def make_train_step(loss_fn: Callable, optimizer, ema_rate: float) -> Callable:
 # ---------------------------------------------------------------- logging
 
 class Logger:
-    """metrics.jsonl, TensorBoard events and a progress line, on the main process only.
+    """metrics.jsonl, TensorBoard events, an optional tracker (`sde_lab.trackers`) and a
+    progress line, on the main process only.
 
     Started at `start_step` (a resume), it first drops the records past that step that a
     killed run left behind, in the file and (TensorBoard's purge_step) in the event files.
     """
 
-    def __init__(self, workdir: str, total_steps: int, start_step: int = 0):
+    def __init__(self, workdir: str, total_steps: int, start_step: int = 0, tracker=None):
         self.main = parallel.is_main_process()
         self.total, self.t0, self.step0 = total_steps, time.time(), None
+        self.tracker = tracker
         if not self.main:
             return
         path = os.path.join(workdir, "metrics.jsonl")
@@ -116,6 +153,8 @@ class Logger:
             if k != "step":
                 self.tb.add_scalar(f"train/{k}", v, step)
         self.tb.flush()
+        if self.tracker is not None:
+            self.tracker.log(step, {f"train/{k}": v for k, v in record.items() if k != "step"})
         done = step - self.step0
         eta = (time.time() - self.t0) / done * (self.total - step) if done > 0 else float("nan")
         print(f"step {step}/{self.total}  loss {record['loss']:.5f}  "
@@ -125,6 +164,8 @@ class Logger:
         if self.main:
             self.jsonl.close()
             self.tb.close()
+        if self.tracker is not None:
+            self.tracker.close()
 
 
 def _truncate_records(path: str, last_step: int) -> None:
@@ -184,13 +225,13 @@ def train(exp, workdir: str) -> tuple[TrainState, interrupts.Flag]:
     mesh = parallel.make_mesh()
     optimizer = make_optimizer(exp.optim)
     step_fn = parallel.compile_step(
-        make_train_step(exp.loss_fn(), optimizer, exp.optim.ema_rate), mesh,
+        make_train_step(exp.loss_fn(), optimizer, exp.optim.ema_rate, t.grad_accum_steps), mesh,
         mode=exp.parallel.mode)
     ckpt = checkpointing.Checkpointer(workdir, t.max_to_keep)
     state, start = _restore_or_init(exp, ckpt, optimizer, mesh)
     dataset = exp.data.make(exp.data.train_split, train=True, seed=exp.seed)
     lr_fn = learning_rate_schedule(exp.optim)
-    logger = Logger(workdir, t.num_steps, start)
+    logger = Logger(workdir, t.num_steps, start, tracker=trackers.for_run(exp, workdir))
     pending: list[tuple[int, Any]] = []
     step, t_last, steps_since_log = start, time.time(), 0
     try:

@@ -29,7 +29,8 @@ DONE_FILE = "DONE"
 # evaluation, sampling, device layout, where the dataset files are.
 MUTABLE = ("train.num_steps", "train.log_every_steps", "train.checkpoint_every_steps",
            "train.sample_every_steps", "train.max_to_keep", "train.eval_at_end",
-           "train.steps_per_dispatch", "sample.", "eval.", "parallel.", "data.data_dir")
+           "train.steps_per_dispatch", "train.grad_accum_steps", "sample.", "eval.", "log.",
+           "parallel.", "data.data_dir")
 
 
 class WorkdirError(RuntimeError):
@@ -63,9 +64,13 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
 
 
 def run_fields(config_dict: dict) -> dict[str, Any]:
-    """The flattened fields of a config (as a plain dict) that define the run."""
-    return {k: v for k, v in flatten(config_dict).items()
-            if not any(k == m or (m.endswith(".") and k.startswith(m)) for m in MUTABLE)}
+    """The flattened fields of a config (as a plain dict) that define the run. With a
+    decaying learning rate, train.num_steps sets the schedule and defines the run too."""
+    flat = flatten(config_dict)
+    decays = flat.get("optim.schedule", "constant") != "constant"
+    return {k: v for k, v in flat.items()
+            if (decays and k == "train.num_steps")
+            or not any(k == m or (m.endswith(".") and k.startswith(m)) for m in MUTABLE)}
 
 
 def diff(old: dict, new: dict) -> list[str]:

@@ -365,19 +365,6 @@ def test_eval_results_and_sample_caches_are_keyed_by_their_spec(tmp_path, uninte
     assert steps and set(steps) == {60}
 
 
-def test_nonfinite_detection_watches_grads_params_and_ema():
-    import jax.numpy as jnp
-
-    from sde_lab import train
-
-    ok = {k: jnp.ones(3) for k in train.WATCHED}
-    bad = dict(ok, ema_norm=jnp.asarray([1.0, jnp.inf, 1.0]))
-    assert train._first_nonfinite([(10, ok)]) is None
-    assert train._first_nonfinite([(10, ok), (13, bad)]) == (15, "ema_norm")
-    assert train._first_nonfinite([(0, dict(ok, grad_norm=jnp.asarray([jnp.nan] * 3)))]) == (
-        1, "grad_norm")
-
-
 @pytest.mark.slow
 def test_huge_learning_rate_stops_on_the_first_nonfinite_gradient(tmp_path):
     """lr = 1e10 keeps the loss finite for a while (1e23 once) but not the gradients: the
