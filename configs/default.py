@@ -137,6 +137,9 @@ def get_default() -> ml_collections.ConfigDict:
     ev.bpd_t_min = 1e-5                   # PF-ODE starts here (score_sde: 1e-5 for all SDEs)
     ev.checkpoints = ""                   # comma-separated steps; "" = each one as it appears
     ev.wait_seconds = 0                   # > 0: keep polling for new checkpoints this long
+    ev.source_workdir = ""                # --mode eval: read the checkpoints of this trained
+                                          # run (its config must match) and write results
+                                          # here, e.g. one workdir per sampler compared
 
     # ---- Logging beyond metrics.jsonl and TensorBoard (sde_lab.trackers) ----
     config.log = log = ml_collections.ConfigDict()

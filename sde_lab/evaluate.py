@@ -69,17 +69,18 @@ def run(exp, workdir: str, steps=None) -> int:
       NoCheckpoint: nothing to evaluate (no checkpoint appeared, or a named step is absent).
     """
     steps = steps if steps is not None else exp.eval.checkpoints
+    source = exp.eval.source_workdir or workdir
     done: set[int] = set()
     deadline = time.time() + exp.eval.wait_seconds
     tb = _TensorBoard(workdir, trackers.for_run(exp, workdir))
     try:
         while True:
-            available = checkpoint_steps(workdir)
+            available = checkpoint_steps(source)
             if steps is not None:
                 missing = sorted(set(steps) - set(available))
                 if missing:
                     raise NoCheckpoint(f"eval.checkpoints: no checkpoint {missing} in "
-                                       f"{workdir}/checkpoints (it has {available})")
+                                       f"{source}/checkpoints (it has {available})")
             todo = [s for s in (steps if steps is not None else available) if s not in done]
             for step in todo:
                 evaluate_checkpoint(exp, workdir, step, tb)
@@ -90,7 +91,7 @@ def run(exp, workdir: str, steps=None) -> int:
     finally:
         tb.close()
     if not done:
-        raise NoCheckpoint(f"no checkpoint to evaluate in {workdir}/checkpoints; train first "
+        raise NoCheckpoint(f"no checkpoint to evaluate in {source}/checkpoints; train first "
                            "(--mode train), or wait for one with --config.eval.wait_seconds")
     return 0
 
@@ -277,7 +278,7 @@ def evaluate_checkpoint(exp, workdir: str, step: int, tb: _TensorBoard | None = 
     if previous is not None and previous.get("spec_hash") == spec_hash:
         print(f"eval of step {step} with this spec already in {out_path}", flush=True)
         return previous
-    params, _ = state_lib.restore_params(exp, workdir, step)
+    params, _ = state_lib.restore_params(exp, exp.eval.source_workdir or workdir, step)
     print(f"eval of step {step}: {exp.eval.num_samples} samples ({exp.sampler.name}), "
           f"{exp.eval.feature_extractor} features"
           f"{', bits/dim' if spec['bpd'] else ''}", flush=True)

@@ -215,6 +215,7 @@ class EvalSpec:
     bpd_t_min: float
     checkpoints: tuple[int, ...] | None
     wait_seconds: float
+    source_workdir: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -478,7 +479,7 @@ def _eval(config, sde: sdes.SDE) -> EvalSpec:
     return EvalSpec(e.num_samples, e.batch_size, e.feature_extractor, e.inception_weights,
                     e.reference_stats, e.enable_bpd, e.bpd_num_passes, e.bpd_num_examples,
                     e.bpd_rtol, e.bpd_atol, e.bpd_estimator, e.bpd_t_min, steps,
-                    e.wait_seconds)
+                    e.wait_seconds, e.source_workdir or None)
 
 
 def _log(config) -> LogSpec:

@@ -108,10 +108,12 @@ def prepare(config, workdir: str, mode: str, allow_config_change: bool = False):
     exp = experiment.build(config)
     _check_devices(exp)
     record = json.loads(config.to_json_best_effort())
+    source = exp.eval.source_workdir if mode == "eval" else None
     if parallel.is_main_process():  # read-only: nothing is written before every check
-        workdir_lib.check_config(workdir, record, allow_config_change, record=False)
+        for d in filter(None, (workdir, source)):
+            workdir_lib.check_config(d, record, allow_config_change, record=False)
     if MODES[mode][2]:
-        _check_checkpoints(exp, workdir, mode)
+        _check_checkpoints(exp, source or workdir, mode)
     experiment.check_shapes(exp)
     _check_files(exp, mode)
     workdir_lib.check_writable(workdir)

@@ -22,6 +22,11 @@ would collide are an error. Each run executes
 
     python main.py --config <config> --workdir <root>/<name> --config.<key>=<value> ...
 
+`"mode": "eval"` runs `--mode eval` instead of training: with
+`"fixed": {"eval.source_workdir": "<a trained run>", ...}` each run evaluates that run's
+checkpoints with its own overrides (e.g. one sampler per run) and writes its results in
+its own workdir; such a run is complete when `eval/<train.num_steps>.json` exists.
+
 Commands:
 
     python -m sde_lab.sweep run experiments/toy_sde_grid.py --launcher=local --root DIR [--parallel N] [--dry_run]
@@ -62,7 +67,8 @@ from typing import Any, Callable, Sequence
 
 from sde_lab import workdir as workdir_lib
 
-SPEC_KEYS = ("config", "grid", "runs", "fixed")
+SPEC_KEYS = ("config", "grid", "runs", "fixed", "mode")
+MODES = ("train", "eval")
 MAX_NAME_LEN = 120
 _KEY_RE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 _SCALARS = (str, int, float, bool, type(None))
@@ -85,6 +91,14 @@ def is_complete(workdir: str | pathlib.Path, num_steps: int | None = None) -> bo
     return num_steps is not None and (workdir / "checkpoints" / str(int(num_steps))).is_dir()
 
 
+def is_evaluated(workdir: str | pathlib.Path, num_steps: int | None) -> bool:
+    """True if an eval-mode run wrote `eval/<num_steps>.json` (any step if None)."""
+    evals = pathlib.Path(workdir) / "eval"
+    if num_steps is not None:
+        return (evals / f"{int(num_steps)}.json").exists()
+    return any(p.stem.isdigit() for p in evals.glob("*.json"))
+
+
 # -- sweep definition -----------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -105,6 +119,7 @@ class Sweep:
     config: str
     runs: list[Run] = field(default_factory=list)
     fixed: dict[str, Any] = field(default_factory=dict)   # overrides shared by every run
+    mode: str = "train"                                    # main.py --mode of every run
 
 
 def load_sweep(path: str | pathlib.Path) -> Sweep:
@@ -150,7 +165,10 @@ def expand(spec: dict, name: str = "sweep") -> Sweep:
         raise ValueError(f"keys {clash} are both swept and fixed")
     runs = [Run(i, run_name(p), {**p, **fixed}) for i, p in enumerate(points)]
     _check_unique(runs)
-    return Sweep(name=name, config=spec["config"], runs=runs, fixed=fixed)
+    mode = spec.get("mode", "train")
+    if mode not in MODES:
+        raise ValueError(f"sweep 'mode' {mode!r} is not valid; choose from {list(MODES)}")
+    return Sweep(name=name, config=spec["config"], runs=runs, fixed=fixed, mode=mode)
 
 
 def _grid_points(grid) -> list[dict]:
@@ -216,9 +234,11 @@ def run_name(overrides: dict[str, Any]) -> str:
 
 
 def command(run: Run, config: str, root: pathlib.Path, python: str = sys.executable,
-            main: str = "main.py") -> list[str]:
-    """argv of the run: python main.py --config C --workdir W --config.k=v ..."""
+            main: str = "main.py", mode: str = "train") -> list[str]:
+    """argv of the run: python main.py --config C --workdir W [--mode M] --config.k=v ..."""
     argv = [python, main, "--config", config, "--workdir", str(run.workdir(root))]
+    if mode != "train":
+        argv += ["--mode", mode]
     return argv + [f"--config.{k}={format_value(v)}" for k, v in run.overrides.items()]
 
 
@@ -240,7 +260,9 @@ def pending(sweep: Sweep, root: pathlib.Path) -> list[Run]:
         key = run.overrides.get("train.num_steps")
         if key not in steps:
             steps[key] = _config_num_steps(sweep.config, run.overrides)
-        if not is_complete(run.workdir(root), steps[key]):
+        done = (is_evaluated(run.workdir(root), steps[key]) if sweep.mode == "eval"
+                else is_complete(run.workdir(root), steps[key]))
+        if not done:
             out.append(run)
     return out
 
@@ -252,7 +274,8 @@ def launch_local(sweep: Sweep, root: pathlib.Path, args: argparse.Namespace) -> 
     todo = pending(sweep, root)
     print(f"{sweep.name}: {len(sweep.runs)} runs, {len(sweep.runs) - len(todo)} complete, "
           f"{len(todo)} to run")
-    argvs = [command(run, sweep.config, root, args.python, args.main) for run in todo]
+    argvs = [command(run, sweep.config, root, args.python, args.main, sweep.mode)
+             for run in todo]
     if args.dry_run:
         for argv in argvs:
             print(shlex.join(argv))
@@ -296,7 +319,7 @@ def slurm_script(sweep: Sweep, runs: Sequence[Run], root: pathlib.Path,
     lines += ["", "# exec: the trainer replaces this shell, so Slurm's SIGTERM reaches it.",
               'case "$SLURM_ARRAY_TASK_ID" in']
     for run in runs:
-        argv = command(run, sweep.config, root, args.python, args.main)
+        argv = command(run, sweep.config, root, args.python, args.main, sweep.mode)
         lines.append(f"  {run.index}) exec {shlex.join(argv)} ;;")
     lines += ['  *) echo "no run for array task $SLURM_ARRAY_TASK_ID" >&2; exit 2 ;;',
               "esac", ""]

@@ -406,3 +406,20 @@ def test_sigterm_during_start_up_exits_143_with_a_message(tmp_path):
     _, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 143, stderr[-2000:]
     assert stderr.strip().splitlines()[-1].startswith("error: interrupted by SIGTERM")
+
+
+@pytest.mark.slow
+def test_eval_of_another_workdirs_checkpoints(tmp_path, uninterrupted):
+    """eval.source_workdir: the trained run's checkpoints, this workdir's results; the
+    source is left untouched, and a source with another config is refused."""
+    src = _copy_run(uninterrupted, tmp_path / "src")
+    before = sorted(p.name for p in src.iterdir())
+    out = _main([*TOY_ARGS, "--workdir", str(tmp_path / "e1"), "--mode", "eval",
+                 f"--config.eval.source_workdir={src}", "--config.eval.checkpoints=60",
+                 "--config.eval.num_samples=16", "--config.eval.batch_size=8"])
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.load(open(tmp_path / "e1" / "eval" / "60.json"))["num_samples"] == 16
+    assert sorted(p.name for p in src.iterdir()) == before
+    out = _main([*TOY_ARGS, "--workdir", str(tmp_path / "e2"), "--mode", "eval",
+                 f"--config.eval.source_workdir={src}", "--config.optim.lr=0.5"])
+    assert out.returncode == 1 and "belongs to a run with another config" in _error_line(out)

@@ -305,3 +305,16 @@ def test_report_command_line(repo, capsys):
     assert rows[0] == ["run", "sde.name", "train.lr", "status", "step", "loss"]
     assert rows[1] == [s.runs[3].name, "subvp", "0.0002", "incomplete", "2", "0.25"]
     assert len(rows) == 5 and rows[2][3:] == ["missing", "", ""]
+
+
+def test_eval_mode_sweeps_run_main_in_eval_mode_and_complete_on_the_result(repo, capsys):
+    path = write_sweep(repo, {**GRID, "mode": "eval"}, "evals")
+    s = sweep.load_sweep(path)
+    root = repo / "runs"
+    argv = sweep.command(s.runs[0], s.config, root, mode=s.mode)
+    assert argv[argv.index("--mode") + 1] == "eval"
+    assert len(sweep.pending(s, root)) == 4
+    write_eval(s.runs[0].workdir(root), 7, fid=1.0)        # runlocal trains 7 steps
+    assert [r.name for r in sweep.pending(s, root)] == [r.name for r in s.runs[1:]]
+    with pytest.raises(ValueError, match="sweep 'mode' 'serve' is not valid"):
+        sweep.expand({**GRID, "mode": "serve"})
