@@ -42,10 +42,11 @@ Where sde_lab differs from the sources (not settable from a config):
   not DDPM's discrete chain prod(1 - beta_j) (std up to 4.9% apart at the first level;
   see losses.discrete_dsm_loss). The `ancestral` sampler adds the posterior variance
   beta_tilde where DDPM's CIFAR-10 run samples with beta (model_var_type='fixedlarge');
-  Ho et al. (Sec. 3.2) report similar results with either. DDPM clips the gradient of
-  each TPU replica's share of the batch (tpu_utils.py: grad_clip / num_replicas) before
-  summing them; sde_lab clips the whole batch's gradient. run_cifar.py sets no step
-  limit: 800k steps is Ho et al.'s App. B.
+  Ho et al. (Sec. 3.2) report similar results with either; its 1,000 steps run on
+  linspace(1, 1e-3, 1001), DDPM's chain through the levels i/1000. DDPM clips the
+  gradient of each TPU replica's share of the batch (tpu_utils.py: grad_clip /
+  num_replicas) before summing them; sde_lab clips the whole batch's gradient.
+  run_cifar.py sets no step limit: 800k steps is Ho et al.'s App. B.
 - ncsnv2: NCSNv2's network is unconditional (s(x) / sigma), so the levels only enter
   through sigma; sde_lab's levels are sigma(t_i) with t_i = linspace(t_min = 1e-5, 1, 232)
   (NCSNv2: exactly 0.01 ... 50; 1e-5 apart in t). The pc grid runs the annealed Langevin
