@@ -4,7 +4,9 @@
   python main.py --config configs/cifar10_ddpmpp_subvp.py:runlocal --workdir /tmp/cifar10_ddpmpp_subvp
 
 CIFAR-10 must be prepared first: pip install "sde_lab[tf]" && tfds build cifar10
---file_format=array_record. Settings: configs/cifar10.py.
+--file_format=array_record.
+Source: score_sde configs/subvp/cifar10_ddpmpp_continuous.py.
+Every setting with its source field, and what sde_lab cannot follow: configs/cifar10.py.
 """
 
 from configs import cifar10

@@ -1,10 +1,12 @@
-"""CIFAR-10, VE, DSM, network ncsnpp_cont_deep. Published: FID 2.20, IS 9.89 (Song+21, Table 3).
+"""CIFAR-10, VE, DSM (1/2 sum), network ncsnpp_cont_deep. Published: FID 2.20, IS 9.89 (Song+21, Table 3).
 
   python main.py --config configs/cifar10_ncsnpp_ve_deep.py --workdir runs/cifar10_ncsnpp_ve_deep
   python main.py --config configs/cifar10_ncsnpp_ve_deep.py:runlocal --workdir /tmp/cifar10_ncsnpp_ve_deep
 
 CIFAR-10 must be prepared first: pip install "sde_lab[tf]" && tfds build cifar10
---file_format=array_record. Settings: configs/cifar10.py.
+--file_format=array_record.
+Source: score_sde configs/ve/cifar10_ncsnpp_deep_continuous.py.
+Every setting with its source field, and what sde_lab cannot follow: configs/cifar10.py.
 """
 
 from configs import cifar10

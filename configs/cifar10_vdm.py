@@ -4,7 +4,9 @@
   python main.py --config configs/cifar10_vdm.py:runlocal --workdir /tmp/cifar10_vdm
 
 CIFAR-10 must be prepared first: pip install "sde_lab[tf]" && tfds build cifar10
---file_format=array_record. Settings: configs/cifar10.py.
+--file_format=array_record.
+Source: google-research/vdm configs/cifar10.py.
+Every setting with its source field, and what sde_lab cannot follow: configs/cifar10.py.
 """
 
 from configs import cifar10
