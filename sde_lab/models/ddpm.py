@@ -116,4 +116,8 @@ SIZES: dict[str, dict] = {
     # 8x8x1 digits: 0.68M params, 77 MFLOP per image forward+backward.
     "digits": dict(nf=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,)),
     "tiny": dict(nf=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,)),
+    # The converter's reference fixture (tests/data/convert): score_sde's DDPM at its
+    # narrowest (32 channels: it always normalises with 32 groups), 8x8 inputs; 163K params.
+    "ref_tiny": dict(nf=32, ch_mult=(1,), num_res_blocks=1, attn_resolutions=(8,),
+                     norm_groups=32),
 }

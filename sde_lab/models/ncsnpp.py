@@ -244,4 +244,10 @@ SIZES: dict[str, dict] = {
                    attn_resolutions=(4,)),
     # For tests: every feature on (FIR, BigGAN, residual input pyramid, attention) at 8x8.
     "tiny": dict(_NCSNPP_CONT, nf=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,)),
+    # The converter's reference fixtures (tests/data/convert): the published NCSN++ /
+    # DDPM++ cont. configs at nf=4 with one downsampling (8x8 inputs, 12.7K params).
+    "ref_tiny_ncsnpp": dict(_NCSNPP_CONT, nf=4, ch_mult=(1, 2), num_res_blocks=1,
+                            attn_resolutions=(4,)),
+    "ref_tiny_ddpmpp": dict(_DDPMPP_CONT, nf=4, ch_mult=(1, 2), num_res_blocks=1,
+                            attn_resolutions=(4,)),
 }

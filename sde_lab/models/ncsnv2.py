@@ -249,4 +249,10 @@ SIZES: dict[str, dict] = {
     "ncsnv2_256": dict(ch_mult=(1, 2, 2, 2, 4, 4), dilations=(1, 1, 1, 1, 2, 4),
                        refine_mult=(1, 1, 2, 2, 2, 4)),
     "tiny": dict(nf=8),
+    # score_sde_pytorch's ncsnv2_64 (for its checkpoints): its third RefineBlock has nf
+    # channels where score_sde's has 2 nf, and its layers differ (NCSNv2.torch_compat).
+    "cifar10_pytorch": dict(refine_mult=(1, 1, 2, 2), torch_compat=True),
+    # The converter's reference fixtures (tests/data/convert): ncsnv2_64 at nf=4.
+    "ref_tiny": dict(nf=4),
+    "ref_tiny_pytorch": dict(nf=4, refine_mult=(1, 1, 2, 2), torch_compat=True),
 }
