@@ -83,6 +83,10 @@ def make_net(config):
         fields["num_classes"] = config.model.num_classes
     if config.model.dropout >= 0:
         fields["dropout"] = config.model.dropout
+    if not config.data.centered and config.model.name in ("ncsnpp", "ddpm", "ncsnv2"):
+        # As score_sde's networks: data in [0, 1] enters as 2 x - 1 (their converted
+        # checkpoints need it; sde_lab.convert).
+        fields["rescale_input"] = True
     try:
         return models.make(config.model.name, size=config.model.size, **fields)
     except ValueError as e:
