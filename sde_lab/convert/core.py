@@ -111,8 +111,8 @@ def _with_ema(ckpt: Checkpoint, entries: list[mapping.Entry]) -> dict[str, np.nd
 
 def to_reference(variables: dict, net: nn.Module, x_shape: Sequence[int],
                  fmt: str) -> dict[str, np.ndarray]:
-    """The inverse of `convert`: reference name -> array (tests; synthetic checkpoints).
-    For score_sde_pytorch the names come in sde_lab's call order of the parameters."""
+    """The inverse of `convert`: reference name -> array, in `plan` order (tests and
+    synthetic checkpoints; a real torch state_dict orders its names by module)."""
     flat = mapping.leaves(variables["params"])
     return {e.key: mapping.to_reference(np.asarray(flat[e.path]), e.layout)
             for e in mapping.plan(net, x_shape, fmt)}
