@@ -366,6 +366,10 @@ def _net(config):
         fields["num_classes"] = m.num_classes
     if m.dropout >= 0:
         fields["dropout"] = m.dropout
+    if not config.data.centered and m.name in ("ncsnpp", "ddpm", "ncsnv2"):
+        # As score_sde's networks: data in [0, 1] enters them as 2 x - 1 (so their
+        # converted checkpoints see what they were trained on; sde_lab.convert).
+        fields["rescale_input"] = True
     try:
         return models.make(m.name, size=m.size, **fields)
     except ValueError as e:

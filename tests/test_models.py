@@ -19,7 +19,7 @@ import optax
 import pytest
 
 from sde_lab import losses, models, parameterization, sdes
-from sde_lab.models import layers
+from sde_lab.models import layers, ncsnv2
 
 KEY = jax.random.PRNGKey(0)
 # Each test program runs a handful of times on tiny inputs, so XLA's CPU backend
@@ -376,3 +376,70 @@ def test_modules_are_typed_dataclasses_without_configdict():
         for field in dataclasses.fields(net):
             if field.name not in ("parent", "name"):
                 assert isinstance(getattr(net, field.name), (int, float, str, bool, tuple))
+
+
+def _random_params(net, x, t):
+    """Parameters drawn N(0, 0.3^2) (no init run): the zero-initialised output layers
+    would hide the rest of the network."""
+    leaves, tree = jax.tree.flatten(jax.eval_shape(net.init, KEY, x, t))
+    rng = np.random.default_rng(0)
+    return tree.unflatten([0.3 * rng.standard_normal(p.shape, np.float32) for p in leaves])
+
+
+@pytest.mark.parametrize("name,size", [("ncsnpp", "tiny"), ("ddpm", "tiny"), ("ncsnv2", "tiny")])
+def test_rescale_input_is_the_network_on_two_x_minus_one(name, size):
+    """score_sde's networks trained on [0, 1] data (data.centered=False) see 2 x - 1."""
+    x = jax.random.uniform(KEY, (2, 8, 8, 3))
+    t = jnp.array([0.3, 2.0])
+    plain = models.make(name, size=size)
+    params = _random_params(plain, x, t)
+    rescaled = models.make(name, size=size, rescale_input=True)
+    np.testing.assert_allclose(fast_jit(rescaled.apply)(params, x, t),
+                               fast_jit(plain.apply)(params, 2 * x - 1, t), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("norm_groups,want", [(0, {8, 16}), (32, {32})])
+def test_ddpm_norm_groups_sets_every_group_norm(norm_groups, want):
+    """0: min(C // 4, 32) per layer (8 at 32 channels, 16 at the 64-channel concat);
+    score_sde's DDPM: 32 everywhere."""
+    groups = set()
+
+    def record(next_fun, args, kwargs, context):
+        if isinstance(context.module, nn.GroupNorm):
+            groups.add(context.module.num_groups)
+        return next_fun(*args, **kwargs)
+
+    net = models.make("ddpm", nf=32, ch_mult=(1,), num_res_blocks=1, attn_resolutions=(8,),
+                      norm_groups=norm_groups)
+    with nn.intercept_methods(record):
+        jax.eval_shape(net.init, KEY, jnp.zeros((1, 8, 8, 3)), jnp.zeros((1,)))
+    assert groups == want
+    with pytest.raises(ValueError, match="norm_groups=24"):
+        models.make("ddpm", nf=32, norm_groups=24)
+
+
+def test_align_corners_resize_samples_input_at_scaled_positions():
+    """Output pixel i samples input position i (n - 1) / (m - 1), linearly interpolated
+    (PyTorch's bilinear interpolate with align_corners=True); separable in H and W."""
+    col = np.array([1.0, 3.0, 7.0])
+    row = np.array([0.0, 10.0])
+    x = jnp.asarray((col[:, None] + row[None, :]).reshape(1, 3, 2, 1), jnp.float32)
+    out = np.asarray(ncsnv2.resize_align_corners(x, (5, 3)))[0, :, :, 0]
+    want_col = np.interp(np.arange(5) * 2 / 4, np.arange(3), col)   # 1, 2, 3, 5, 7
+    want_row = np.interp(np.arange(3) * 1 / 2, np.arange(2), row)   # 0, 5, 10
+    np.testing.assert_allclose(out, want_col[:, None] + want_row[None, :], rtol=1e-6)
+
+
+@pytest.mark.parametrize("unbiased", [False, True])
+def test_instance_norm_plus_against_float64_formula(unbiased):
+    x = np.random.default_rng(0).normal(size=(2, 4, 4, 3)) * [1.0, 2.0, 3.0] + [0.0, 1.0, -2.0]
+    norm = ncsnv2.InstanceNormPlus(unbiased=unbiased)
+    params = norm.init(KEY, jnp.asarray(x, jnp.float32))
+    out = np.asarray(norm.apply(params, jnp.asarray(x, jnp.float32)))
+    p = {k: np.asarray(v, np.float64) for k, v in params["params"].items()}
+    means = x.mean(axis=(1, 2))
+    mu = (means - means.mean(-1, keepdims=True)) / np.sqrt(
+        means.var(-1, ddof=int(unbiased), keepdims=True) + 1e-5)
+    h = (x - means[:, None, None]) / np.sqrt(x.var(axis=(1, 2), keepdims=True) + 1e-5)
+    want = (h + mu[:, None, None] * p["alpha"]) * p["gamma"] + p["beta"]
+    np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-5)

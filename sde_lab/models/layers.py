@@ -80,9 +80,9 @@ def num_groups(channels: int) -> int:
     return g
 
 
-def group_norm(x: Array) -> Array:
-    """GroupNorm over num_groups(C) groups (32 groups from 128 channels)."""
-    return nn.GroupNorm(num_groups=num_groups(x.shape[-1]))(x)
+def group_norm(x: Array, groups: int = 0) -> Array:
+    """GroupNorm over `groups` groups; 0: num_groups(C) (32 from 128 channels)."""
+    return nn.GroupNorm(num_groups=groups or num_groups(x.shape[-1]))(x)
 
 
 def timestep_embedding(t: Array, dim: int, max_positions: float = 10000.0) -> Array:
@@ -124,11 +124,12 @@ class AttnBlock(nn.Module):
 
     skip_rescale: bool = False
     init_scale: float = 0.0
+    norm_groups: int = 0
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         b, h, w, c = x.shape
-        y = group_norm(x)
+        y = group_norm(x, self.norm_groups)
         q, k, v = nin(y, c), nin(y, c), nin(y, c)
         logits = jnp.einsum("bhwc,bHWc->bhwHW", q, k).reshape(b, h, w, h * w) * c**-0.5
         weights = jax.nn.softmax(logits, axis=-1).reshape(b, h, w, h, w)
@@ -294,7 +295,7 @@ class ResnetBlockDDPM(nn.Module):
 
     The second conv starts near zero (init_scale), so the block starts as the identity;
     the skip is a 1x1 NIN when the width changes; optional 1/sqrt(2) skip rescaling
-    (DDPM++).
+    (DDPM++). `norm_groups` > 0 fixes the GroupNorm group count (0: num_groups(C)).
     """
 
     act: Callable[[Array], Array]
@@ -302,13 +303,15 @@ class ResnetBlockDDPM(nn.Module):
     dropout: float = 0.1
     skip_rescale: bool = False
     init_scale: float = 0.0
+    norm_groups: int = 0
 
     @nn.compact
     def __call__(self, x: Array, temb: Array | None = None, train: bool = False) -> Array:
         out_ch = self.out_ch or x.shape[-1]
-        h = conv(self.act(group_norm(x)), out_ch)
+        h = conv(self.act(group_norm(x, self.norm_groups)), out_ch)
         h = _add_temb(h, temb, self.act)
-        h = nn.Dropout(self.dropout)(self.act(group_norm(h)), deterministic=not train)
+        h = nn.Dropout(self.dropout)(self.act(group_norm(h, self.norm_groups)),
+                                     deterministic=not train)
         h = conv(h, out_ch, init_scale=self.init_scale)
         if x.shape[-1] != out_ch:
             x = nin(x, out_ch)

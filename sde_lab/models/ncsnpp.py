@@ -58,6 +58,8 @@ class NCSNpp(nn.Module):
       nonlinearity: "swish" | "elu" | "relu" | "lrelu".
       num_classes: >0 adds a class-label embedding (y in [0, num_classes); see
         layers.LabelEmbedding for the "no label" index).
+      rescale_input: map x from [0, 1] to 2 x - 1 first (also for the input pyramid), as
+        score_sde's networks do when trained on data.centered=False (its VE models).
     """
 
     nf: int = 128
@@ -79,6 +81,7 @@ class NCSNpp(nn.Module):
     init_scale: float = 0.0
     nonlinearity: str = "swish"
     num_classes: int = 0
+    rescale_input: bool = False
 
     def __post_init__(self):
         layers.check_choice("resblock_type", self.resblock_type, RESBLOCK_TYPES)
@@ -125,6 +128,8 @@ class NCSNpp(nn.Module):
 
         ResBlock, Attn = self._block_types(act)
 
+        if self.rescale_input:
+            x = 2.0 * x - 1.0
         # Downsampling path; hs keeps every output for the skip connections.
         input_pyramid = x
         hs = [layers.conv(x, self.nf)]
@@ -239,4 +244,10 @@ SIZES: dict[str, dict] = {
                    attn_resolutions=(4,)),
     # For tests: every feature on (FIR, BigGAN, residual input pyramid, attention) at 8x8.
     "tiny": dict(_NCSNPP_CONT, nf=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,)),
+    # The converter's reference fixtures (tests/data/convert): the published NCSN++ /
+    # DDPM++ cont. configs at nf=4 with one downsampling (8x8 inputs, 12.7K params).
+    "ref_tiny_ncsnpp": dict(_NCSNPP_CONT, nf=4, ch_mult=(1, 2), num_res_blocks=1,
+                            attn_resolutions=(4,)),
+    "ref_tiny_ddpmpp": dict(_DDPMPP_CONT, nf=4, ch_mult=(1, 2), num_res_blocks=1,
+                            attn_resolutions=(4,)),
 }

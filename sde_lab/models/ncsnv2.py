@@ -16,9 +16,12 @@ default initialisation (score_sde's `ncsn_conv`).
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from sde_lab.models import layers
 
@@ -48,14 +51,18 @@ def _init_around_one(key, shape, dtype=jnp.float32):
 
 class InstanceNormPlus(nn.Module):
     """InstanceNorm++ (Song & Ermon 2019, eq. in App. A): instance norm that puts back the
-    normalised per-channel means: gamma * (IN(x) + alpha * (mu - mean(mu)) / std(mu)) + beta."""
+    normalised per-channel means: gamma * (IN(x) + alpha * (mu - mean(mu)) / std(mu)) + beta.
+    std(mu) is the biased standard deviation over channels (score_sde), or the unbiased one
+    with `unbiased` (torch.var, as score_sde_pytorch and NCSNv2's PyTorch code)."""
+
+    unbiased: bool = False
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         c = x.shape[-1]
         means = jnp.mean(x, axis=(1, 2))
         m = jnp.mean(means, axis=-1, keepdims=True)
-        v = jnp.var(means, axis=-1, keepdims=True)
+        v = jnp.var(means, axis=-1, keepdims=True, ddof=1 if self.unbiased else 0)
         means_plus = (means - m) * jax.lax.rsqrt(v + 1e-5)
         h = (x - means[:, None, None, :]) * jax.lax.rsqrt(
             jnp.var(x, axis=(1, 2), keepdims=True) + 1e-5)
@@ -85,13 +92,15 @@ class ResidualBlock(nn.Module):
     features: int
     down: bool = False
     dilation: int = 1
+    unbiased_norm: bool = False
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         d = self.dilation
-        h = nn.elu(InstanceNormPlus()(x))
+        Norm = functools.partial(InstanceNormPlus, unbiased=self.unbiased_norm)
+        h = nn.elu(Norm()(x))
         if self.down:
-            h = nn.elu(InstanceNormPlus()(ncsn_conv(h, x.shape[-1], dilation=d)))
+            h = nn.elu(Norm()(ncsn_conv(h, x.shape[-1], dilation=d)))
             if d > 1:
                 return ncsn_conv(h, self.features, dilation=d) + ncsn_conv(
                     x, self.features, dilation=d)
@@ -100,7 +109,7 @@ class ResidualBlock(nn.Module):
             shortcut = x
         else:
             shortcut = ncsn_conv(x, self.features, kernel=3 if d > 1 else 1, dilation=d)
-        h = nn.elu(InstanceNormPlus()(ncsn_conv(h, self.features, dilation=d)))
+        h = nn.elu(Norm()(ncsn_conv(h, self.features, dilation=d)))
         return ncsn_conv(h, self.features, dilation=d) + shortcut
 
 
@@ -125,6 +134,21 @@ def _crp(x: Array, features: int, num_stages: int = 2) -> Array:
     return x
 
 
+def resize_align_corners(x: Array, hw: tuple[int, int]) -> Array:
+    """Bilinear resize of [B, H, W, C] to hw with aligned corners: output pixel i samples
+    the input at i (H - 1) / (H' - 1) (PyTorch's interpolate(..., align_corners=True))."""
+    for axis, size in ((1, hw[0]), (2, hw[1])):
+        n = x.shape[axis]
+        src = np.arange(size) * ((n - 1) / (size - 1) if size > 1 else 0.0)
+        lo = np.minimum(np.floor(src).astype(np.int32), n - 1)
+        hi = np.minimum(lo + 1, n - 1)
+        shape = [1] * x.ndim
+        shape[axis] = size
+        frac = jnp.asarray((src - lo).reshape(shape), x.dtype)
+        x = jnp.take(x, lo, axis=axis) * (1 - frac) + jnp.take(x, hi, axis=axis) * frac
+    return x
+
+
 class RefineBlock(nn.Module):
     """RefineNet block: RCU on each input, multi-resolution fusion (sum of bilinearly
     resized 3x3 convs) to `output_hw`, chained residual pooling, output RCU."""
@@ -133,6 +157,7 @@ class RefineBlock(nn.Module):
     features: int
     start: bool = False
     end: bool = False
+    align_corners: bool = False
 
     @nn.compact
     def __call__(self, xs: list[Array]) -> Array:
@@ -143,8 +168,11 @@ class RefineBlock(nn.Module):
             h = 0.0
             for x in hs:
                 y = ncsn_conv(x, self.features)
-                h = h + jax.image.resize(y, (y.shape[0], *self.output_hw, self.features),
-                                         "bilinear")
+                if self.align_corners:
+                    h = h + resize_align_corners(y, self.output_hw)
+                else:
+                    h = h + jax.image.resize(y, (y.shape[0], *self.output_hw, self.features),
+                                             "bilinear")
         h = _crp(h, self.features)
         return _rcu(h, self.features, num_blocks=3 if self.end else 1)
 
@@ -157,12 +185,20 @@ class NCSNv2(nn.Module):
       ch_mult: backbone width per level (x nf), shallowest first.
       dilations: conv dilation per level; levels > 0 with dilation 1 halve the resolution.
       refine_mult: RefineBlock width per level (x nf); the deepest must equal ch_mult[-1].
+      torch_compat: the layers of score_sde_pytorch's NCSNv2 (and NCSNv2's own PyTorch
+        code), which differ from score_sde's in two places: InstanceNorm++ uses the
+        unbiased variance of the channel means, and RefineNet fusion resizes with
+        align_corners=True. Needed for its converted checkpoints (sde_lab.convert).
+      rescale_input: map x from [0, 1] to 2 x - 1 first, as score_sde's networks do when
+        trained on data.centered=False (its NCSNv2 configs).
     """
 
     nf: int = 128
     ch_mult: tuple[int, ...] = (1, 2, 2, 2)
     dilations: tuple[int, ...] = (1, 1, 2, 4)
     refine_mult: tuple[int, ...] = (1, 2, 2, 2)
+    torch_compat: bool = False
+    rescale_input: bool = False
 
     def __post_init__(self):
         n = len(self.ch_mult)
@@ -184,20 +220,22 @@ class NCSNv2(nn.Module):
         if y is not None:
             raise ValueError("NCSNv2 is not class-conditional; use ncsnpp or ddpm with "
                              "num_classes > 0")
-        h = ncsn_conv(x, self.nf)
-        h = ResidualBlock(self.nf)(h)
-        feats = [ResidualBlock(self.nf)(h)]
+        Block = functools.partial(ResidualBlock, unbiased_norm=self.torch_compat)
+        Refine = functools.partial(RefineBlock, align_corners=self.torch_compat)
+        h = ncsn_conv(2.0 * x - 1.0 if self.rescale_input else x, self.nf)
+        h = Block(self.nf)(h)
+        feats = [Block(self.nf)(h)]
         for mult, d in zip(self.ch_mult[1:], self.dilations[1:]):
-            h = ResidualBlock(mult * self.nf, down=True, dilation=d)(feats[-1])
-            feats.append(ResidualBlock(mult * self.nf, dilation=d)(h))
+            h = Block(mult * self.nf, down=True, dilation=d)(feats[-1])
+            feats.append(Block(mult * self.nf, dilation=d)(h))
 
         n = len(feats)
-        h = RefineBlock(feats[-1].shape[1:3], self.refine_mult[-1] * self.nf,
-                        start=True)([feats[-1]])
+        h = Refine(feats[-1].shape[1:3], self.refine_mult[-1] * self.nf,
+                   start=True)([feats[-1]])
         for level in reversed(range(n - 1)):
-            h = RefineBlock(feats[level].shape[1:3], self.refine_mult[level] * self.nf,
-                            end=level == 0)([feats[level], h])
-        h = nn.elu(InstanceNormPlus()(h))
+            h = Refine(feats[level].shape[1:3], self.refine_mult[level] * self.nf,
+                       end=level == 0)([feats[level], h])
+        h = nn.elu(InstanceNormPlus(unbiased=self.torch_compat)(h))
         return ncsn_conv(h, x.shape[-1])
 
 
@@ -211,4 +249,10 @@ SIZES: dict[str, dict] = {
     "ncsnv2_256": dict(ch_mult=(1, 2, 2, 2, 4, 4), dilations=(1, 1, 1, 1, 2, 4),
                        refine_mult=(1, 1, 2, 2, 2, 4)),
     "tiny": dict(nf=8),
+    # score_sde_pytorch's ncsnv2_64 (for its checkpoints): its third RefineBlock has nf
+    # channels where score_sde's has 2 nf, and its layers differ (NCSNv2.torch_compat).
+    "cifar10_pytorch": dict(refine_mult=(1, 1, 2, 2), torch_compat=True),
+    # The converter's reference fixtures (tests/data/convert): ncsnv2_64 at nf=4.
+    "ref_tiny": dict(nf=4),
+    "ref_tiny_pytorch": dict(nf=4, refine_mult=(1, 1, 2, 2), torch_compat=True),
 }
