@@ -50,16 +50,18 @@ MODES: dict[str, tuple[Callable[..., int], str | None, bool, str]] = {
 }
 
 
-def _check_devices(exp) -> None:
+def _check_devices(exp, mode: str) -> None:
     mesh = parallel.make_mesh()
     t = exp.train
     train_name = "train.batch_size" + (
         f" / train.grad_accum_steps ({t.batch_size} / {t.grad_accum_steps})"
         if t.grad_accum_steps > 1 else "")
-    for name, value in ((train_name, t.batch_size // t.grad_accum_steps),
-                        ("eval.batch_size", exp.eval.batch_size),
-                        ("sample.batch_size", exp.sampler.batch_size),
-                        ("classifier.batch_size", exp.classifier.batch_size)):
+    batches = [(train_name, t.batch_size // t.grad_accum_steps),
+               ("eval.batch_size", exp.eval.batch_size),
+               ("sample.batch_size", exp.sampler.batch_size)]
+    if mode == "train_classifier":
+        batches.append(("classifier.batch_size", exp.classifier.batch_size))
+    for name, value in batches:
         try:
             parallel.check_batch_size(value, mesh, name)
         except ValueError as e:
@@ -141,7 +143,7 @@ def prepare(config, workdir: str, mode: str, allow_config_change: bool = False):
     if mode not in MODES:
         raise ConfigError(f"--mode={mode!r} is not valid; choose from {sorted(MODES)}")
     exp = experiment.build(config)
-    _check_devices(exp)
+    _check_devices(exp, mode)
     record = json.loads(config.to_json_best_effort())
     if parallel.is_main_process():  # read-only: nothing is written before every check
         workdir_lib.check_config(workdir, record, allow_config_change, record=False)
