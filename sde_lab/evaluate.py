@@ -229,12 +229,18 @@ def _class_metrics(exp, ref, feats: np.ndarray, logits, labels: np.ndarray) -> d
         fids = {}
         for k in classes:
             gen_k, ref_k = feats[labels == k], ref.features[ref_labels == k]
-            if len(gen_k) >= 2 and len(ref_k) >= 2:
+            if len(gen_k) < 2 or len(ref_k) < 2:
+                continue
+            try:
                 fids[str(k)] = metrics.frechet_distance(*metrics.gaussian_statistics(gen_k),
                                                         *metrics.gaussian_statistics(ref_k))
+            except ValueError:  # covariances of few samples too ill-conditioned for sqrtm
+                fids[str(k)] = None
+        values = [v for v in fids.values() if v is not None]
         if fids:
             out["fid_per_class"] = fids
-            out["fid_per_class_mean"] = float(np.mean(list(fids.values())))
+        if values:
+            out["fid_per_class_mean"] = float(np.mean(values))
     return out
 
 
