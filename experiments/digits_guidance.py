@@ -6,10 +6,11 @@ runs, each only if not done yet (main.py resumes and skips what it finished), pr
 its wall time and `uptime`:
 
   1. python main.py --config configs/digits_conditional.py --workdir W        # train + eval
-  2. python main.py --config configs/digits_conditional.py --workdir W --mode train_classifier
-  3. for each (guidance, scale) in GRID:
+  2. for each (guidance, scale) in GRID:
      python main.py --config configs/digits_conditional.py --workdir W --mode eval \\
          --config.sample.guidance=G --config.sample.guidance_scale=S --config.eval.enable_bpd=False
+     with, before the first classifier-guided one,
+     python main.py --config configs/digits_conditional.py --workdir W --mode train_classifier
 
 and writes W/guidance/: results.json, results.md (the table), tradeoff.png (class accuracy
 and FID against the scale, and against each other) and grid_<guidance>_<scale>.png (each
@@ -109,10 +110,12 @@ def main(argv=None) -> int:
     w = os.path.abspath(args.workdir)
     out = os.path.join(w, "guidance")
     os.makedirs(out, exist_ok=True)
-    times = {"train": _main(w), "train_classifier": _main(w, "--mode", "train_classifier")}
+    times = {"train": _main(w)}
     step = json.load(open(os.path.join(w, "DONE")))["num_steps"]
     rows = []
     for method, scale in GRID:
+        if method == "classifier" and "train_classifier" not in times:
+            times["train_classifier"] = _main(w, "--mode", "train_classifier")
         seconds = _main(w, "--mode", "eval", f"--config.sample.guidance={method}",
                         f"--config.sample.guidance_scale={scale}",
                         "--config.eval.enable_bpd=False")
