@@ -99,6 +99,9 @@ def get_default() -> ml_collections.ConfigDict:
     train.sample_every_steps = 0          # 0: no sample grids during training
     train.max_to_keep = 3                 # checkpoints kept (the newest), >= 1
     train.eval_at_end = True              # run the eval (samples, FID, bits/dim) when done
+    train.label_dropout = 0.0             # classifier-free guidance: probability that an
+                                          # example's label is replaced by "no label" (Ho &
+                                          # Salimans: 0.1-0.2); needs model.num_classes > 0
 
     # ---- Optimizer (optax) ----
     config.optim = optim = ml_collections.ConfigDict()
@@ -120,6 +123,15 @@ def get_default() -> ml_collections.ConfigDict:
     config.sample.sampler = "pc"          # any name of samplers.available()
     config.sample.num_samples = 64        # --mode sample: how many
     config.sample.batch_size = 64         # per sampling call (global)
+    # Class-conditional sampling (class-conditional models, or classifier guidance):
+    config.sample.label = -1              # the class 0..K-1, or -1 for all classes (sample i
+                                          # gets class i mod K; grids get one row per class)
+    config.sample.guidance = "none"       # none | classifier_free (a model trained with
+                                          # train.label_dropout > 0) | classifier (the
+                                          # classifier of --mode train_classifier)
+    config.sample.guidance_scale = 1.0    # classifier_free: uncond + s (cond - uncond), 0 =
+                                          # unconditional, 1 = conditional; classifier:
+                                          # uncond + s grad_x log p_t(y | x)
 
     # ---- Evaluation (sde_lab.evaluate) ----
     config.eval = ev = ml_collections.ConfigDict()
@@ -140,6 +152,28 @@ def get_default() -> ml_collections.ConfigDict:
     ev.source_workdir = ""                # --mode eval: read the checkpoints of this trained
                                           # run (its config must match) and write results
                                           # here, e.g. one workdir per sampler compared
+
+    # ---- Noise-conditional classifier p_t(y | x_t) (--mode train_classifier; guidance) ----
+    # Trained on data noised by the run's SDE; its checkpoints and accuracy table go to
+    # <workdir>/classifier/ (or `workdir`). Not part of the score model's run: these
+    # fields may change between starts of the score model (they define the classifier's).
+    config.classifier = clf = ml_collections.ConfigDict()
+    clf.size = "digits"                   # a size of models.sizes("classifier")
+    clf.num_classes = 0                   # 0: model.num_classes (set it for an unconditional model)
+    clf.batch_size = 128
+    clf.num_steps = 2000
+    clf.lr = 1e-3                         # Adam(W), warmup then constant, grad clip 1
+    clf.warmup_steps = 100
+    clf.weight_decay = 0.0                # > 0: AdamW
+    clf.ema_rate = 0.999                  # the EMA is what guidance and the table use
+    clf.eps = 1e-5                        # training times t ~ U[eps, T]
+    clf.sigma_data = 0.5                  # input scale (guidance.classifier_input)
+    clf.log_every_steps = 100
+    clf.checkpoint_every_steps = 500      # 0: only at the end (and on SIGTERM / Ctrl-C)
+    clf.eval_times = ""                   # t of the accuracy table, comma-separated; "" =
+                                          # the SDE's t_min and T/10, 2T/10, ..., T
+    clf.eval_repeats = 4                  # noise draws per held-out example and t
+    clf.workdir = ""                      # "" = <workdir>/classifier; another run's to reuse it
 
     # ---- Logging beyond metrics.jsonl and TensorBoard (sde_lab.trackers) ----
     config.log = log = ml_collections.ConfigDict()

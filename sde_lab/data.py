@@ -299,11 +299,13 @@ def image_grid(images: np.ndarray, ncol: int | None = None) -> np.ndarray:
     return grid
 
 
-def save_png(path: str, images_uint8: np.ndarray, upscale: int = 1) -> None:
-    """Writes a grid of [N, H, W, C] uint8 images, each pixel repeated `upscale` times."""
+def save_png(path: str, images_uint8: np.ndarray, upscale: int = 1,
+             ncol: int | None = None) -> None:
+    """Writes a grid of [N, H, W, C] uint8 images (`ncol` per row, default about sqrt(N)),
+    each pixel repeated `upscale` times."""
     from PIL import Image
 
-    grid = image_grid(images_uint8)
+    grid = image_grid(images_uint8, ncol)
     if upscale > 1:
         grid = grid.repeat(upscale, 0).repeat(upscale, 1)
     Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(path)

@@ -37,19 +37,36 @@ def _hash(obj) -> str:
     return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
-def sample_spec(exp) -> dict:
-    """Everything that defines the eval samples of a checkpoint."""
-    return {**exp.sampler.describe(), "batch_size": exp.eval.batch_size, "seed": exp.seed}
+def _labelled(exp) -> bool:
+    return sample.batch_labels(exp, 0, 1) is not None
 
 
-def eval_spec(exp) -> dict:
-    """Everything that defines an eval result of a checkpoint."""
+def sample_spec(exp, classifier_step: int | None = None) -> dict:
+    """Everything that defines the eval samples of a checkpoint: the sampler, and for
+    labelled sampling the label, the guidance and its scale, and the classifier (where,
+    which step, its size)."""
+    spec = {**exp.sampler.describe(), "batch_size": exp.eval.batch_size, "seed": exp.seed}
+    if _labelled(exp):
+        spec.update(exp.guidance.describe())
+        if exp.guidance.method == "classifier":
+            c = exp.classifier
+            spec["classifier"] = {"workdir": c.workdir, "step": classifier_step,
+                                  "size": c.size, "sigma_data": c.sigma_data}
+    return spec
+
+
+def eval_spec(exp, classifier_step: int | None = None) -> dict:
+    """Everything that defines an eval result of a checkpoint (labelled samples add the
+    class metrics: accuracy under the digits classifier, FID per class)."""
     e = exp.eval
-    return {**sample_spec(exp), "num_samples": e.num_samples,
+    spec = {**sample_spec(exp, classifier_step), "num_samples": e.num_samples,
             "feature_extractor": e.feature_extractor, "inception_weights": e.inception_weights,
             "reference_stats": e.reference_stats, "bpd": e.enable_bpd and not exp.data.is_toy
             and [e.bpd_num_passes, e.bpd_num_examples, e.bpd_rtol, e.bpd_atol,
                  e.bpd_estimator, e.bpd_t_min]}
+    if _labelled(exp):
+        spec["class_metrics"] = ["class_accuracy", "fid_per_class"]
+    return spec
 
 
 def checkpoint_steps(workdir: str) -> list[int]:
@@ -96,21 +113,26 @@ def run(exp, workdir: str, steps=None) -> int:
     return 0
 
 
-def _sample_batches(exp, params, step: int, out_dir: str) -> tuple[np.ndarray, int]:
-    """All eval samples of `step`, reusing saved batches; returns (x, nfe of one batch)."""
+def _sample_batches(exp, params, step: int, out_dir: str, classifier_params=None,
+                    classifier_step: int | None = None
+                    ) -> tuple[np.ndarray, np.ndarray | None, int]:
+    """All eval samples of `step`, reusing saved batches; returns (x, labels or None, nfe
+    of one batch)."""
     e = exp.eval
-    spec = sample_spec(exp)
+    spec = sample_spec(exp, classifier_step)
     out_dir = os.path.join(out_dir, f"samples-{_hash(spec)}")
     os.makedirs(out_dir, exist_ok=True)
     if parallel.is_main_process():
         workdir_lib.write_json(os.path.join(out_dir, "spec.json"), spec)
     num_batches = -(-e.num_samples // e.batch_size)
     key = exp.keys.eval(step)
-    gen, nfe, xs = None, 0, []
+    gen, nfe, xs, ys = None, 0, [], []
     progress = Progress(f"sampling ({exp.sampler.name}) batch", num_batches,
                         parallel.is_main_process())
     for i in range(num_batches):
         path = os.path.join(out_dir, f"samples_{i}.npz")
+        labels = sample.batch_labels(exp, i * e.batch_size, e.batch_size)
+        ys.append(labels)
         if os.path.exists(path):
             with np.load(path) as f:
                 xs.append(f["x"])
@@ -118,15 +140,16 @@ def _sample_batches(exp, params, step: int, out_dir: str) -> tuple[np.ndarray, i
             progress.advance(note=" (saved earlier)")
             continue
         gen = gen or sample.make_generator(exp, e.batch_size)
-        x, batch_nfe = gen(jax.random.fold_in(key, i), params)
+        x, batch_nfe = gen(jax.random.fold_in(key, i), params, labels, classifier_params)
         x, nfe = np.asarray(x), int(batch_nfe)
         if parallel.is_main_process():
             tmp = path + ".tmp.npz"
-            np.savez(tmp, x=x, nfe=nfe)
+            np.savez(tmp, x=x, nfe=nfe, **({} if labels is None else {"y": labels}))
             os.replace(tmp, path)
         xs.append(x)
         progress.advance(note=f", {nfe} NFE per sample")
-    return np.concatenate(xs)[:e.num_samples], nfe
+    y = None if ys[0] is None else np.concatenate(ys)[:e.num_samples]
+    return np.concatenate(xs)[:e.num_samples], y, nfe
 
 
 def _reference_stats(exp, workdir: str, extractor):
@@ -152,8 +175,10 @@ def _reference_stats(exp, workdir: str, extractor):
     return ref
 
 
-def _sample_metrics(exp, workdir: str, x: np.ndarray) -> dict:
-    """FID / KID / IS of model-space samples `x` against the eval split (or given stats)."""
+def _sample_metrics(exp, workdir: str, x: np.ndarray, labels: np.ndarray | None = None
+                    ) -> dict:
+    """FID / KID / IS of model-space samples `x` against the eval split (or given stats);
+    with `labels`, also the class metrics (`_class_metrics`)."""
     from sde_lab import metrics
 
     e = exp.eval
@@ -174,7 +199,50 @@ def _sample_metrics(exp, workdir: str, x: np.ndarray) -> dict:
         out["kid"] = metrics.kid(feats, ref.features, subset_size=subset)
     if logits is not None:
         out["inception_score"] = metrics.inception_score(logits, min(10, len(logits)))[0]
-    return {k: float(v) for k, v in out.items()}
+    out = {k: float(v) for k, v in out.items()}
+    if labels is not None:
+        out.update(_class_metrics(exp, ref, feats, logits, labels))
+    return out
+
+
+def _class_metrics(exp, ref, feats: np.ndarray, logits, labels: np.ndarray) -> dict:
+    """Metrics of labelled samples.
+
+    class_accuracy: the fraction whose class under the digits classifier (the "digits"
+    feature extractor's logits) is the intended one, overall and per class.
+    fid_per_class: FID of the samples of class k against the eval images of class k (when
+    the reference is the eval split), and their mean. Few reference images per class
+    (digits: about 30) make it biased upward; compare it between runs, not with the FID.
+    """
+    from sde_lab import metrics
+
+    out: dict = {}
+    classes = [int(k) for k in np.unique(labels)]
+    if exp.eval.feature_extractor == "digits" and logits is not None:
+        correct = np.argmax(logits, axis=-1) == labels
+        out["class_accuracy"] = float(np.mean(correct))
+        out["class_accuracy_per_class"] = {str(k): float(np.mean(correct[labels == k]))
+                                           for k in classes}
+    if not exp.eval.reference_stats and ref.features is not None:
+        d = exp.data
+        ref_labels = d.make(d.eval_split, train=False, seed=exp.seed).levels(
+            0, len(ref.features))[1]
+        fids = {}
+        for k in classes:
+            gen_k, ref_k = feats[labels == k], ref.features[ref_labels == k]
+            if len(gen_k) < 2 or len(ref_k) < 2:
+                continue
+            try:
+                fids[str(k)] = metrics.frechet_distance(*metrics.gaussian_statistics(gen_k),
+                                                        *metrics.gaussian_statistics(ref_k))
+            except ValueError:  # covariances of few samples too ill-conditioned for sqrtm
+                fids[str(k)] = None
+        values = [v for v in fids.values() if v is not None]
+        if fids:
+            out["fid_per_class"] = fids
+        if values:
+            out["fid_per_class_mean"] = float(np.mean(values))
+    return out
 
 
 def _sliced_wasserstein_to_data(exp, x: np.ndarray, num_projections: int = 256) -> float:
@@ -272,28 +340,35 @@ class _TensorBoard:
 
 def evaluate_checkpoint(exp, workdir: str, step: int, tb: _TensorBoard | None = None) -> dict:
     out_path = os.path.join(workdir, "eval", f"{step}.json")
-    spec = eval_spec(exp)
+    classifier_params, classifier_step = sample.restore_classifier(
+        exp, exp.eval.source_workdir or workdir)
+    spec = eval_spec(exp, classifier_step)
     spec_hash = _hash(spec)
     previous = workdir_lib.read_json(out_path)
     if previous is not None and previous.get("spec_hash") == spec_hash:
         print(f"eval of step {step} with this spec already in {out_path}", flush=True)
         return previous
     params, _ = state_lib.restore_params(exp, exp.eval.source_workdir or workdir, step)
-    print(f"eval of step {step}: {exp.eval.num_samples} samples ({exp.sampler.name}), "
+    how = exp.sampler.name
+    if _labelled(exp):
+        how += ", " + ", ".join(f"{k} {v}" for k, v in exp.guidance.describe().items())
+    print(f"eval of step {step}: {exp.eval.num_samples} samples ({how}), "
           f"{exp.eval.feature_extractor} features"
           f"{', bits/dim' if spec['bpd'] else ''}", flush=True)
     t0 = time.time()
-    x, nfe = _sample_batches(exp, params, step, os.path.join(workdir, "eval", str(step)))
+    x, labels, nfe = _sample_batches(exp, params, step, os.path.join(workdir, "eval", str(step)),
+                                     classifier_params, classifier_step)
     result = {"step": step, "num_samples": int(len(x)), "sampler": exp.sampler.name,
               "nfe_per_sample": nfe, "sampling_seconds": round(time.time() - t0, 2)}
-    result.update(_sample_metrics(exp, workdir, x))
+    result.update(_sample_metrics(exp, workdir, x, labels))
     t1 = time.time()
     bpd = _bits_per_dim(exp, params, step)
     if bpd:
         result.update(bpd, bpd_seconds=round(time.time() - t1, 2))
     result.update(spec=spec, spec_hash=spec_hash)
     if parallel.is_main_process():
-        png = sample.save_grid(exp, x, os.path.join(workdir, "samples", f"eval_{step}.png"))
+        png = sample.save_grid(exp, x, os.path.join(workdir, "samples", f"eval_{step}.png"),
+                               labels)
         if previous is not None:
             with open(os.path.join(workdir, "eval", "history.jsonl"), "a") as f:
                 f.write(json.dumps(previous, sort_keys=True) + "\n")
@@ -302,6 +377,6 @@ def evaluate_checkpoint(exp, workdir: str, step: int, tb: _TensorBoard | None = 
             tb.write(step, result, png)
         summary = ", ".join(f"{k}={v:.4g}" for k, v in result.items()
                             if isinstance(v, float) and k not in ("sampling_seconds",))
-        print(f"eval step {step}: {summary}\n  wrote {out_path} and {png} (grid of the first "
-              f"{sample.grid_count(exp, len(x))} samples)", flush=True)
+        print(f"eval step {step}: {summary}\n  wrote {out_path} and {png} (grid of "
+              f"{sample.grid_description(exp, len(x), labels)})", flush=True)
     return result

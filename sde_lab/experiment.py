@@ -26,6 +26,7 @@ import ml_collections
 import numpy as np
 
 from sde_lab import data as data_lib
+from sde_lab import guidance as guidance_lib
 from sde_lab import losses, models, parameterization, samplers, sdes
 from sde_lab.registry import section_name
 
@@ -39,6 +40,7 @@ OPTIMIZERS = ("adam", "adamw")
 LR_SCHEDULES = ("constant", "cosine", "linear")
 FEATURE_EXTRACTORS = ("digits", "inception", "none")
 BPD_ESTIMATORS = ("hutchinson", "exact")
+GUIDANCE = ("none", "classifier_free", "classifier")
 
 
 # ---------------------------------------------------------------- checks
@@ -219,6 +221,73 @@ class EvalSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class GuidanceSpec:
+    """What samples are drawn (`sample.label`, `sample.guidance`, `sample.guidance_scale`).
+
+    `num_classes` is the K of the sample labels: the score network's, or the classifier's
+    for classifier guidance of an unconditional network; 0 means unlabelled samples.
+    """
+
+    label: int
+    method: str
+    scale: float
+    num_classes: int
+
+    @property
+    def labelled(self) -> bool:
+        return self.num_classes > 0
+
+    def labels(self, start: int, num: int) -> np.ndarray | None:
+        """Labels of samples start..start+num-1: `label`, or i mod K for label -1 (every
+        class equally often, whatever the batch size); None for unlabelled sampling."""
+        if not self.labelled:
+            return None
+        if self.label >= 0:
+            return np.full((num,), self.label, np.int32)
+        return (np.arange(start, start + num) % self.num_classes).astype(np.int32)
+
+    def describe(self) -> dict[str, Any]:
+        out = {"label": self.label, "guidance": self.method}
+        if self.method != "none":
+            out["guidance_scale"] = self.scale
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassifierSpec:
+    """The noise-conditional classifier p_t(y | x_t) (`classifier.*`).
+
+    `net` is None when its number of classes is unknown (an unconditional score model and
+    classifier.num_classes=0); the modes that need it reject that in one line.
+    """
+
+    net: Any
+    size: str
+    num_classes: int
+    batch_size: int
+    num_steps: int
+    optim: OptimSpec
+    eps: float
+    sigma_data: float
+    log_every_steps: int
+    checkpoint_every_steps: int
+    eval_times: tuple[float, ...]
+    eval_repeats: int
+    workdir: str
+
+    def directory(self, workdir: str) -> str:
+        """Where its checkpoints, logs and accuracy table live."""
+        return self.workdir or os.path.join(workdir, "classifier")
+
+    def init_params(self, key, shape: tuple[int, ...]):
+        return self.net.init(key, jnp.zeros((1,) + shape), jnp.zeros((1,)))
+
+    def logits_model(self, sde: sdes.SDE) -> Callable:
+        """logits(params, x, t) -> [B, K] under `sde` (guidance.classifier_logits_model)."""
+        return guidance_lib.classifier_logits_model(self.net.apply, sde, self.sigma_data)
+
+
+@dataclasses.dataclass(frozen=True)
 class LogSpec:
     tracker: str
     project: str
@@ -238,6 +307,11 @@ class Keys:
     SAMPLE = 10**6      # --mode sample of checkpoint `step`
     EVAL = 2 * 10**6    # eval samples of checkpoint `step`
     BPD = 3 * 10**6     # eval bits/dim of checkpoint `step`
+    CLASSIFIER = 4 * 10**6   # the noise-conditional classifier: init, steps, accuracy table
+    # Sub-streams of one example's training key (see `Experiment.loss_fn`): fold_in(k, 1) of
+    # the batch's first key is the network's dropout key, fold_in(k, 2) of each example's
+    # key draws whether its label is dropped.
+    LABEL_DROPOUT = 2
 
     def __init__(self, seed: int):
         self.root = jax.random.PRNGKey(seed)
@@ -255,6 +329,17 @@ class Keys:
 
     def bpd(self, step: int):
         return jax.random.fold_in(self.root, self.BPD + step)
+
+    def classifier_init(self):
+        return jax.random.fold_in(jax.random.fold_in(self.root, self.CLASSIFIER), 0)
+
+    def classifier_step(self, step: int):
+        """Key of classifier training step `step` (split per example by its loss)."""
+        return jax.random.fold_in(jax.random.fold_in(self.root, self.CLASSIFIER + 1), step)
+
+    def classifier_eval(self, i: int):
+        """Key of the i-th noise draw of the classifier's accuracy table."""
+        return jax.random.fold_in(jax.random.fold_in(self.root, self.CLASSIFIER + 2), i)
 
 
 # ---------------------------------------------------------------- the experiment
@@ -281,6 +366,9 @@ class Experiment:
     eval: EvalSpec
     parallel: ParallelSpec
     log: LogSpec = LogSpec("", "sde_lab")
+    label_dropout: float = 0.0
+    guidance: GuidanceSpec = GuidanceSpec(-1, "none", 1.0, 0)
+    classifier: ClassifierSpec | None = None
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -325,13 +413,45 @@ class Experiment:
         """
         return jax.tree_util.Partial(self._eval_score, params, labels)
 
+    def guided_score_fn(self, params, labels=None, classifier_params=None,
+                        method: str | None = None) -> Callable:
+        """score_fn(x, t) of the configured sampling (`sample.guidance`, or `method`).
+
+        none: the network's score with `labels` (None for an unconditional network).
+        classifier_free: uncond + scale (cond - uncond), uncond the "no label" score.
+        classifier: uncond + scale grad_x log p_t(labels | x) of the classifier with
+        `classifier_params`; uncond is the network's score (with "no label" for a
+        class-conditional network).
+        """
+        method = method or self.guidance.method
+        scale = self.guidance.scale
+        if method == "none":
+            return self.score_fn(params, labels)
+        uncond = self.score_fn(params)   # conditional networks: y=None is "no label"
+        if method == "classifier_free":
+            return guidance_lib.classifier_free(self.score_fn(params, labels), uncond, scale)
+        logits_model = self.classifier.logits_model(self.sde_of(params))
+        log_prob = guidance_lib.classifier_log_prob_fn(logits_model, classifier_params, labels)
+        return guidance_lib.classifier(uncond, log_prob, scale)
+
     def loss_fn(self) -> Callable:
-        """loss(params, batch, example_keys) -> scalar, for the train step."""
+        """loss(params, batch, example_keys) -> scalar, for the train step.
+
+        With `label_dropout` p > 0 each example's label becomes "no label" (index
+        num_classes) with probability p, drawn from its own key (Keys.LABEL_DROPOUT), so
+        one network learns the conditional and the unconditional score (classifier-free
+        guidance) with any loss.
+        """
 
         def fn(params, batch, keys):
             sde = self.sde_of(params)
             dropout_key = jax.random.fold_in(keys[0], 1)
-            model = self.score_model(sde, batch.get("label"), True, dropout_key)
+            labels = batch.get("label")
+            if self.label_dropout > 0:
+                drop_keys = jax.vmap(lambda k: jax.random.fold_in(k, Keys.LABEL_DROPOUT))(keys)
+                labels = guidance_lib.drop_labels(drop_keys, labels, self.num_classes,
+                                                  self.label_dropout)
+            model = self.score_model(sde, labels, True, dropout_key)
             return self.loss(params["net"], model, sde, batch["x"], keys)
 
         return fn
@@ -356,6 +476,10 @@ def _sde(config) -> sdes.SDE:
 def _net(config):
     m = config.model
     _choice("model.name", m.name, models.available())
+    if m.name == "classifier":
+        raise ConfigError("model.name='classifier' is the noise-conditional classifier, not a "
+                          "score network; train it with --mode train_classifier (its settings "
+                          "are config.classifier.*)")
     _choice("model.size", m.size, models.sizes(m.name))
     _choice("model.parameterization", m.parameterization, parameterization.available())
     _require(m.dropout == -1.0 or 0.0 <= m.dropout < 1.0, "model.dropout", m.dropout,
@@ -490,6 +614,93 @@ def _eval(config, sde: sdes.SDE) -> EvalSpec:
                     e.wait_seconds, e.source_workdir or None)
 
 
+def _label_dropout(config) -> float:
+    p = config.train.label_dropout
+    _require(_finite(p) and 0 <= p < 1, "train.label_dropout", p, "must be in [0, 1)")
+    _require(p == 0 or config.model.num_classes > 0, "train.label_dropout", p,
+             "label dropout needs a class-conditional model (model.num_classes > 0)")
+    return float(p)
+
+
+def _times(field: str, text: str, sde: sdes.SDE) -> tuple[float, ...]:
+    if not text.strip():
+        return (sde.t_min,) + tuple(sde.T * k / 10 for k in range(1, 11))
+    try:
+        times = tuple(float(s) for s in text.split(","))
+    except ValueError:
+        raise ConfigError(f"{field}={text!r} is not valid: give comma-separated times, e.g. "
+                          "'0.1,0.5,1.0'") from None
+    _require(all(_finite(t) and 0 < t <= sde.T for t in times), field, text,
+             f"every time must be in (0, T={sde.T}]")
+    return times
+
+
+def _classifier(config, sde: sdes.SDE) -> ClassifierSpec:
+    c, model_classes = config.classifier, config.model.num_classes
+    _choice("classifier.size", c.size, models.sizes("classifier"))
+    _nonnegative_int("classifier.num_classes", c.num_classes)
+    _require(c.num_classes != 1, "classifier.num_classes", c.num_classes,
+             "a classifier needs >= 2 classes (0: model.num_classes)")
+    _require(not (model_classes and c.num_classes not in (0, model_classes)),
+             "classifier.num_classes", c.num_classes,
+             f"must be 0 or model.num_classes={model_classes} (it classifies the model's labels)")
+    for field in ("batch_size", "num_steps", "eval_repeats"):
+        _positive_int(f"classifier.{field}", c[field])
+    for field in ("log_every_steps", "checkpoint_every_steps", "warmup_steps"):
+        _nonnegative_int(f"classifier.{field}", c[field])
+    _require(_finite(c.lr) and c.lr > 0, "classifier.lr", c.lr, "must be finite and > 0")
+    _require(_finite(c.weight_decay) and c.weight_decay >= 0, "classifier.weight_decay",
+             c.weight_decay, "must be finite and >= 0")
+    _require(_finite(c.ema_rate) and 0 <= c.ema_rate < 1, "classifier.ema_rate", c.ema_rate,
+             "must be in [0, 1)")
+    _require(_finite(c.eps) and 0 < c.eps < sde.T, "classifier.eps", c.eps,
+             f"the smallest training time must be in (0, T={sde.T})")
+    _require(_finite(c.sigma_data) and c.sigma_data > 0, "classifier.sigma_data",
+             c.sigma_data, "must be finite and > 0")
+    num_classes = c.num_classes or model_classes
+    net = None
+    if num_classes:
+        net = _make(models.make, "classifier", {"size": c.size, "num_classes": num_classes},
+                    "classifier")
+    optim = OptimSpec("adamw" if c.weight_decay > 0 else "adam", c.lr, 0.9, 0.999, 1e-8,
+                      c.weight_decay, c.warmup_steps, 1.0, c.ema_rate, "constant", 0.0,
+                      c.num_steps)
+    return ClassifierSpec(net, c.size, num_classes, c.batch_size, c.num_steps, optim, c.eps,
+                          c.sigma_data, c.log_every_steps, c.checkpoint_every_steps,
+                          _times("classifier.eval_times", c.eval_times, sde), c.eval_repeats,
+                          c.workdir)
+
+
+def _guidance(config, classifier: ClassifierSpec, label_dropout: float) -> GuidanceSpec:
+    s, model_classes = config.sample, config.model.num_classes
+    _choice("sample.guidance", s.guidance, GUIDANCE)
+    _require(_finite(s.guidance_scale) and s.guidance_scale >= 0, "sample.guidance_scale",
+             s.guidance_scale, "must be finite and >= 0")
+    if s.guidance == "classifier_free":
+        _require(model_classes > 0, "sample.guidance", s.guidance,
+                 "classifier-free guidance needs a class-conditional model (model.num_classes "
+                 "> 0) trained with train.label_dropout > 0; for an unconditional model use "
+                 "sample.guidance='classifier'")
+    if s.guidance != "none" and model_classes > 0:
+        _require(label_dropout > 0, "sample.guidance", s.guidance,
+                 "guidance needs the network's unconditional ('no label') score, which is "
+                 "trained only with train.label_dropout > 0 (e.g. 0.1)")
+    num_classes = model_classes
+    if s.guidance == "classifier":
+        _require(classifier.num_classes > 0, "sample.guidance", s.guidance,
+                 "the model is unconditional: set classifier.num_classes (e.g. 10 for digits)")
+        num_classes = classifier.num_classes
+    _require(isinstance(s.label, int), "sample.label", s.label, "must be an int")
+    if num_classes == 0:
+        _require(s.label == -1, "sample.label", s.label,
+                 "the model is unconditional (model.num_classes=0): labels need a "
+                 "class-conditional model or sample.guidance='classifier'")
+    else:
+        _require(-1 <= s.label < num_classes, "sample.label", s.label,
+                 f"must be in [0, {num_classes}), or -1 for all classes")
+    return GuidanceSpec(s.label, s.guidance, float(s.guidance_scale), num_classes)
+
+
 def _log(config) -> LogSpec:
     from sde_lab import trackers
 
@@ -520,12 +731,17 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
     sde = _sde(config)
     data = _data(config)
     loss_name, loss = _loss(config, sde, data)
+    net = _net(config)
+    label_dropout = _label_dropout(config)
+    classifier = _classifier(config, sde)
     return Experiment(
-        seed=config.seed, sde=sde, net=_net(config),
+        seed=config.seed, sde=sde, net=net,
         param=parameterization.make(config.model.parameterization), loss=loss,
         loss_name=loss_name, num_classes=config.model.num_classes, data=data,
         train=_train(config), optim=_optim(config), sampler=_sampler(config),
-        eval=_eval(config, sde), parallel=parallel_spec(config), log=_log(config))
+        eval=_eval(config, sde), parallel=parallel_spec(config), log=_log(config),
+        label_dropout=label_dropout, guidance=_guidance(config, classifier, label_dropout),
+        classifier=classifier)
 
 
 def check_shapes(exp: Experiment) -> None:
@@ -550,6 +766,15 @@ def check_shapes(exp: Experiment) -> None:
     except ValueError as e:
         raise ConfigError(f"sample.{section_name(exp.sampler.name)}: "
                           f"{' '.join(str(e).split())}") from None
+
+
+def check_classifier_shapes(exp: Experiment) -> None:
+    """The classifier takes the data's shape (shape-only trace, nothing compiled)."""
+    try:
+        jax.eval_shape(lambda: exp.classifier.init_params(jax.random.PRNGKey(0), exp.shape))
+    except ValueError as e:
+        raise ConfigError(f"classifier.size={exp.classifier.size!r} cannot take input "
+                          f"{exp.shape}: {e}") from None
 
 
 def count_params(tree) -> int:

@@ -18,7 +18,7 @@ from typing import Callable
 
 import jax
 
-from sde_lab import evaluate, experiment, interrupts, parallel, sample, train
+from sde_lab import classify, evaluate, experiment, interrupts, parallel, sample, train
 from sde_lab import workdir as workdir_lib
 from sde_lab.experiment import ConfigError
 
@@ -44,18 +44,24 @@ MODES: dict[str, tuple[Callable[..., int], str | None, bool, str]] = {
     "train": (_train_mode, "train", False, "train (resuming), then eval if train.eval_at_end"),
     "eval": (_eval_mode, None, True, "FID/KID/IS and bits/dim of checkpoints"),
     "sample": (sample.run, "sample", True, "samples of the newest checkpoint (.npz + PNG)"),
+    # Locks the classifier's own directory (it may be another run's: classifier.workdir).
+    "train_classifier": (classify.run, None, False, "the noise-conditional classifier for "
+                         "sample.guidance=classifier (resuming), then its accuracy vs t"),
 }
 
 
-def _check_devices(exp) -> None:
+def _check_devices(exp, mode: str) -> None:
     mesh = parallel.make_mesh()
     t = exp.train
     train_name = "train.batch_size" + (
         f" / train.grad_accum_steps ({t.batch_size} / {t.grad_accum_steps})"
         if t.grad_accum_steps > 1 else "")
-    for name, value in ((train_name, t.batch_size // t.grad_accum_steps),
-                        ("eval.batch_size", exp.eval.batch_size),
-                        ("sample.batch_size", exp.sampler.batch_size)):
+    batches = [(train_name, t.batch_size // t.grad_accum_steps),
+               ("eval.batch_size", exp.eval.batch_size),
+               ("sample.batch_size", exp.sampler.batch_size)]
+    if mode == "train_classifier":
+        batches.append(("classifier.batch_size", exp.classifier.batch_size))
+    for name, value in batches:
         try:
             parallel.check_batch_size(value, mesh, name)
         except ValueError as e:
@@ -66,8 +72,10 @@ def _check_files(exp, mode: str) -> None:
     """The dataset split(s) the mode reads are prepared; weights and stats files exist."""
     d, e = exp.data, exp.eval
     evaluates = mode == "eval" or (mode == "train" and exp.train.eval_at_end)
-    if mode == "train":
+    if mode in ("train", "train_classifier"):
         d.make(d.train_split, train=True, seed=exp.seed)
+    if mode == "train_classifier":
+        d.make(d.eval_split, train=False, seed=exp.seed)
     if evaluates and not d.is_toy:
         if e.feature_extractor == "inception":
             from sde_lab.metrics import convert
@@ -97,6 +105,35 @@ def _check_checkpoints(exp, workdir: str, mode: str) -> None:
                                         f"{workdir}/checkpoints (it has {steps})")
 
 
+def _uses_classifier(exp, mode: str) -> bool:
+    samples = mode in ("sample", "eval") or (mode == "train" and exp.train.eval_at_end)
+    return mode == "train_classifier" or (samples and exp.guidance.method == "classifier")
+
+
+def _check_classifier(exp, record: dict, workdir: str, mode: str, allow_change: bool) -> None:
+    """The classifier can be built for the data; guidance has a trained one whose recorded
+    config matches (read-only: nothing is written)."""
+    c = exp.classifier
+    if c.net is None:
+        raise ConfigError("classifier.num_classes=0 and the score model is unconditional "
+                          "(model.num_classes=0): set classifier.num_classes to the data's "
+                          "number of classes (10 for digits)")
+    directory = c.directory(workdir)
+    if mode != "train_classifier":
+        if c.workdir and not os.path.isdir(c.workdir):
+            raise evaluate.NoCheckpoint(f"classifier.workdir={c.workdir!r}: no such directory; "
+                                        "train a classifier there with --mode train_classifier")
+        if not workdir_lib.has_checkpoints(directory):
+            raise evaluate.NoCheckpoint(
+                f"sample.guidance='classifier' needs a trained classifier: no checkpoint in "
+                f"{directory}/checkpoints; train it first (--mode train_classifier, same "
+                "config), or set classifier.workdir to one")
+    if parallel.is_main_process():
+        workdir_lib.check_config(directory, classify.config_record(record, exp), allow_change,
+                                 record=False, mutable=classify.MUTABLE)
+    experiment.check_classifier_shapes(exp)
+
+
 def prepare(config, workdir: str, mode: str, allow_config_change: bool = False):
     """Every check that needs no compilation; returns the experiment.
 
@@ -106,19 +143,27 @@ def prepare(config, workdir: str, mode: str, allow_config_change: bool = False):
     if mode not in MODES:
         raise ConfigError(f"--mode={mode!r} is not valid; choose from {sorted(MODES)}")
     exp = experiment.build(config)
-    _check_devices(exp)
+    _check_devices(exp, mode)
     record = json.loads(config.to_json_best_effort())
     source = exp.eval.source_workdir if mode == "eval" else None
     if parallel.is_main_process():  # read-only: nothing is written before every check
         for d in filter(None, (workdir, source)):
             workdir_lib.check_config(d, record, allow_config_change, record=False)
+    if _uses_classifier(exp, mode):
+        _check_classifier(exp, record, source or workdir, mode, allow_config_change)
     if MODES[mode][2]:
         _check_checkpoints(exp, source or workdir, mode)
     experiment.check_shapes(exp)
     _check_files(exp, mode)
     workdir_lib.check_writable(workdir)
+    if mode == "train_classifier":
+        workdir_lib.check_writable(exp.classifier.directory(workdir))
     if parallel.is_main_process() and mode == "train":
         workdir_lib.check_config(workdir, record, allow_config_change, record=True)
+    if parallel.is_main_process() and mode == "train_classifier":
+        workdir_lib.check_config(exp.classifier.directory(workdir),
+                                 classify.config_record(record, exp), allow_config_change,
+                                 record=True, mutable=classify.MUTABLE)
     return exp
 
 

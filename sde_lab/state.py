@@ -69,20 +69,37 @@ def abstract_state(exp) -> TrainState:
                                              make_optimizer(exp.optim)))
 
 
+def abstract_classifier_state(exp) -> TrainState:
+    """Shapes and dtypes of the noise-conditional classifier's train state."""
+    c = exp.classifier
+    return jax.eval_shape(lambda: init_state(
+        c.init_params(jax.random.PRNGKey(0), exp.shape), make_optimizer(c.optim)))
+
+
+def restore_classifier(exp, directory: str, step: int | None = None, ema: bool = True):
+    """(classifier variables, step) of its checkpoint `step` in `directory` (default the
+    newest readable one): the EMA by default. Same errors as `restore_params`."""
+    return _restore(directory, step, ema, abstract_classifier_state(exp),
+                    "--mode train_classifier")
+
+
 def restore_params(exp, workdir: str, step: int | None = None, ema: bool = True):
     """(params, step) of checkpoint `step`, or of the newest readable one: EMA by default.
 
     Raises:
       FileNotFoundError: no (readable) checkpoint, or no checkpoint `step`.
     """
+    return _restore(workdir, step, ema, abstract_state(exp), "--mode train")
+
+
+def _restore(workdir: str, step: int | None, ema: bool, target, how: str):
     ckpt = checkpointing.Checkpointer(workdir, max_to_keep=None)
     try:
-        target = abstract_state(exp)
         if step is None:
             found = ckpt.restore_latest(target)
             if found is None:
                 raise FileNotFoundError(f"no readable checkpoint in {ckpt.directory}; train "
-                                        "first (--mode train)")
+                                        f"first ({how})")
             state, step = found
         else:
             if step not in ckpt.steps():

@@ -26,11 +26,12 @@ CHANGES_FILE = "config_changes.jsonl"
 DONE_FILE = "DONE"
 
 # Fields that may change between starts of one run: length, logging, checkpoint cadence,
-# evaluation, sampling, device layout, where the dataset files are.
+# evaluation, sampling, device layout, where the dataset files are, and the noise-
+# conditional classifier (a run of its own, in <workdir>/classifier with its own record).
 MUTABLE = ("train.num_steps", "train.log_every_steps", "train.checkpoint_every_steps",
            "train.sample_every_steps", "train.max_to_keep", "train.eval_at_end",
            "train.steps_per_dispatch", "train.grad_accum_steps", "sample.", "eval.", "log.",
-           "parallel.", "data.data_dir")
+           "parallel.", "data.data_dir", "classifier.")
 
 
 class WorkdirError(RuntimeError):
@@ -63,20 +64,21 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def run_fields(config_dict: dict) -> dict[str, Any]:
-    """The flattened fields of a config (as a plain dict) that define the run. With a
-    decaying learning rate, train.num_steps sets the schedule and defines the run too."""
+def run_fields(config_dict: dict, mutable: tuple[str, ...] = MUTABLE) -> dict[str, Any]:
+    """The flattened fields of a config (as a plain dict) that define the run: all but
+    those named in `mutable` (a trailing '.' names a section). With a decaying learning
+    rate, train.num_steps sets the schedule and defines the run too."""
     flat = flatten(config_dict)
     decays = flat.get("optim.schedule", "constant") != "constant"
     return {k: v for k, v in flat.items()
             if (decays and k == "train.num_steps")
-            or not any(k == m or (m.endswith(".") and k.startswith(m)) for m in MUTABLE)}
+            or not any(k == m or (m.endswith(".") and k.startswith(m)) for m in mutable)}
 
 
-def diff(old: dict, new: dict) -> list[str]:
+def diff(old: dict, new: dict, mutable: tuple[str, ...] = MUTABLE) -> list[str]:
     """'field: old -> new' for each run-defining field that differs. Fields present on one
     side only (a newer sde_lab added or removed an option) are not compared."""
-    a, b = run_fields(old), run_fields(new)
+    a, b = run_fields(old, mutable), run_fields(new, mutable)
     return [f"{k}: {a[k]!r} -> {b[k]!r}" for k in sorted(set(a) & set(b)) if a[k] != b[k]]
 
 
@@ -97,8 +99,10 @@ def has_checkpoints(workdir: str) -> bool:
 
 
 def check_config(workdir: str, config_dict: dict, allow_changes: bool = False,
-                 record: bool = True) -> list[str]:
+                 record: bool = True, mutable: tuple[str, ...] = MUTABLE) -> list[str]:
     """Compares `config_dict` with the workdir's `config.json`; records it when `record`.
+
+    `mutable`: the fields that may differ (default: those of a score model's run).
 
     Returns the accepted differences (empty when none).
 
@@ -114,7 +118,7 @@ def check_config(workdir: str, config_dict: dict, allow_changes: bool = False,
                            "was not written by this version; use a new --workdir, or "
                            "--allow_config_change to adopt it")
     if old is not None:
-        changes = diff(old, config_dict)
+        changes = diff(old, config_dict, mutable)
         if changes and not allow_changes:
             shown = "; ".join(changes[:4]) + ("; ..." if len(changes) > 4 else "")
             raise WorkdirError(

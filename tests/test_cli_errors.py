@@ -216,6 +216,59 @@ def _cases(tmp):
       "model.size='nope'")
     m(["--config.model.name=ddpm", "--config.model.size=ddpmpp_cont"], "model.size")
 
+    # Class-conditional sampling, guidance and the noise-conditional classifier.
+    cond = ["--config", "configs/digits_conditional.py:runlocal"]
+    m(["--config.sample.label=10"], "sample.label=10 is not valid: must be in [0, 10)", base=cond)
+    m(["--config.sample.label=-2"], "sample.label=-2", base=cond)
+    m(["--config.sample.label=3"], "sample.label=3 is not valid: the model is unconditional")
+    m(["--config.sample.guidance=classifier_free"],
+      "classifier-free guidance needs a class-conditional model")
+    m(["--config.sample.guidance=cfg"], "sample.guidance='cfg' is not valid; choose from")
+    m(["--config.sample.guidance_scale=-1"], "sample.guidance_scale=-1", base=cond)
+    m(["--config.sample.guidance_scale=nan"], "sample.guidance_scale=nan", base=cond)
+    m(["--config.train.label_dropout=0"], "trained only with train.label_dropout > 0", base=cond)
+    m(["--config.train.label_dropout=0.1"], "label dropout needs a class-conditional model")
+    m(["--config.train.label_dropout=1.0"], "train.label_dropout=1.0", base=cond)
+    m(["--config.model.name=classifier"], "model.name='classifier' is the noise-conditional")
+    m(["--config.model.name=ncsnv2", "--config.model.size=tiny"], "num_classes", base=cond)
+    m(["--mode=train_classifier"], "set classifier.num_classes")
+    m(["--config.sample.guidance=classifier"], "the model is unconditional: set "
+      "classifier.num_classes")
+    m(["--mode=sample", "--config.sample.guidance=classifier"],
+      "needs a trained classifier: no checkpoint in", base=cond,
+      workdir=["--workdir", f"{t}/no_classifier"])
+    m(["--mode=eval", "--config.sample.guidance=classifier",
+       "--config.classifier.num_classes=10"], "needs a trained classifier",
+      workdir=["--workdir", f"{t}/no_classifier2"])
+    m(["--config.sample.guidance=classifier"], "needs a trained classifier", base=cond)
+    m(["--mode=sample", "--config.sample.guidance=classifier",
+       f"--config.classifier.workdir={t}/missing_classifier"],
+      f"classifier.workdir='{t}/missing_classifier': no such directory", base=cond)
+    m(["--mode=train_classifier", "--config.classifier.batch_size=6",
+       "--config.sample.batch_size=8"],
+      "classifier.batch_size=6 must be a positive multiple of the device count 4", base=cond,
+      env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
+    m(["--mode=train_classifier", "--config.classifier.size=cifar10",
+       "--config.data.image_size=6"], "cannot take input (6, 6, 1)", base=cond)
+    m(["--mode=train_classifier", "--config.data.train_split=validation"], "'validation'",
+      base=cond)
+    for field, value, expect in [
+        ("classifier.size", "huge", "classifier.size='huge'"),
+        ("classifier.num_classes", 5, "must be 0 or model.num_classes=10"),
+        ("classifier.num_classes", 1, "classifier.num_classes=1"),
+        ("classifier.num_steps", 0, "classifier.num_steps=0"),
+        ("classifier.batch_size", 0, "classifier.batch_size=0"),
+        ("classifier.lr", -1.0, "classifier.lr=-1.0"), ("classifier.lr", "nan", "classifier.lr"),
+        ("classifier.ema_rate", 1.0, "classifier.ema_rate=1.0"),
+        ("classifier.eps", 0.0, "classifier.eps=0.0"),
+        ("classifier.sigma_data", 0.0, "classifier.sigma_data=0.0"),
+        ("classifier.eval_times", "abc", "classifier.eval_times='abc'"),
+        ("classifier.eval_times", "0.5,2.0", "every time must be in (0, T=1.0]"),
+        ("classifier.eval_repeats", 0, "classifier.eval_repeats=0"),
+        ("classifier.weight_decay", -1.0, "classifier.weight_decay"),
+    ]:
+        m([f"--config.{field}={value}"], expect, base=cond)
+
     sweep = []
 
     def s(args, expect):

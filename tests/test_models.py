@@ -228,6 +228,25 @@ def test_class_conditional_path(tiny):
     np.testing.assert_allclose(out_none, out_null, rtol=1e-5, atol=1e-6)
 
 
+def test_mlp_and_vdm_take_labels():
+    """The vector MLP and VDM's U-Net have the same label table (num_classes + 1 rows, the
+    last one "no label", also used for y=None); labels change the MLP's output."""
+    x, t = jnp.zeros((3, 8, 8, 1)), jnp.zeros(3)
+    vdm = models.make("vdm", size="tiny", num_classes=4)
+    assert _label_table_shapes(vdm, x, t) == [(5, 64)]
+    mlp = models.make("mlp", size="tiny", num_classes=4)
+    xv = jax.random.normal(KEY, (3, 2))
+    assert _label_table_shapes(mlp, xv, t) == [(5, 32)]
+    params = _perturbed(jax.jit(mlp.init)(KEY, xv, t, y=jnp.zeros(3, jnp.int32)))
+    apply = jax.jit(mlp.apply)
+    out = [apply(params, xv, t, y=jnp.full(3, k)) for k in (1, 2, 4)]
+    assert float(jnp.max(jnp.abs(out[0] - out[1]))) > 1e-3
+    np.testing.assert_allclose(apply(params, xv, t), out[2], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="num_classes=0"):
+        jax.eval_shape(lambda: models.make("mlp", size="tiny").init(
+            KEY, xv, t, y=jnp.zeros(3, jnp.int32)))
+
+
 def test_dropout_path(tiny):
     x, t, y, apply = tiny["x"], tiny["t"], tiny["y"], tiny["apply"]
     params = _perturbed(tiny["params"])

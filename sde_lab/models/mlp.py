@@ -18,6 +18,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from sde_lab.models.layers import LabelEmbedding
+
 Array = jax.Array
 
 EMBEDDINGS = ("sinusoidal", "fourier")
@@ -67,6 +69,9 @@ class MLP(nn.Module):
       embedding: "sinusoidal" or "fourier".
       fourier_scale: std of the random Fourier frequencies (embedding="fourier").
       max_period: longest period of the sinusoidal embedding.
+      num_classes: > 0 adds a class-label embedding to the time embedding (y in
+        [0, num_classes); y = num_classes or None is "no label", see
+        layers.LabelEmbedding).
     """
 
     hidden: int = 128
@@ -75,6 +80,7 @@ class MLP(nn.Module):
     embedding: str = "sinusoidal"
     fourier_scale: float = 16.0
     max_period: float = 10000.0
+    num_classes: int = 0
 
     def _check(self, x: Array, cond: Array) -> None:
         if self.embedding not in EMBEDDINGS:
@@ -87,13 +93,17 @@ class MLP(nn.Module):
                              f"got {self.embed_dim}, {self.hidden}, {self.num_blocks}")
 
     @nn.compact
-    def __call__(self, x: Array, cond: Array) -> Array:
+    def __call__(self, x: Array, cond: Array, y: Array | None = None) -> Array:
         self._check(x, cond)
+        if y is not None and not self.num_classes:
+            raise ValueError("mlp: labels y given but num_classes=0; build with num_classes > 0")
         if self.embedding == "sinusoidal":
             emb = sinusoidal_embedding(cond, self.embed_dim, self.max_period)
         else:
             emb = GaussianFourierEmbedding(self.embed_dim, self.fourier_scale)(cond)
         emb = nn.Dense(self.hidden)(nn.swish(nn.Dense(self.hidden)(emb)))
+        if self.num_classes:
+            emb = emb + LabelEmbedding(self.num_classes, self.hidden)(y, x.shape[0])
         h = nn.Dense(self.hidden)(x)
         for i in range(self.num_blocks):
             h = ResidualBlock(self.hidden, name=f"block_{i}")(h, emb)

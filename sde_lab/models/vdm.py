@@ -30,6 +30,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from sde_lab.models.layers import LabelEmbedding
+
 Array = jax.Array
 
 
@@ -107,6 +109,9 @@ class VDM(nn.Module):
         conditioned on 999 t (parameterization "eps") would use 0 and 999.
       num_groups: GroupNorm groups; must divide `channels`.
       input_skip: add the input to the output (the official "base measure").
+      num_classes: > 0 adds a class-label embedding to the conditioning vector (y in
+        [0, num_classes); y = num_classes or None is "no label", see
+        layers.LabelEmbedding).
     """
 
     channels: int = 128
@@ -119,6 +124,7 @@ class VDM(nn.Module):
     gamma_max: float = 5.0
     num_groups: int = 32
     input_skip: bool = True
+    num_classes: int = 0
 
     def _check(self, x: Array, cond: Array) -> None:
         if x.ndim != 4 or cond.shape != x.shape[:1]:
@@ -132,12 +138,17 @@ class VDM(nn.Module):
                              f"{self.num_blocks}, {self.gamma_min}, {self.gamma_max}")
 
     @nn.compact
-    def __call__(self, x: Array, cond: Array, train: bool = False) -> Array:
+    def __call__(self, x: Array, cond: Array, train: bool = False,
+                 y: Array | None = None) -> Array:
         self._check(x, cond)
+        if y is not None and not self.num_classes:
+            raise ValueError("vdm: labels y given but num_classes=0; build with num_classes > 0")
         s = (cond - self.gamma_min) / (self.gamma_max - self.gamma_min)
         emb = timestep_embedding(1000.0 * s, self.channels)
         emb = nn.swish(nn.Dense(4 * self.channels, name="dense0")(emb))
         emb = nn.swish(nn.Dense(4 * self.channels, name="dense1")(emb))
+        if self.num_classes:
+            emb = emb + LabelEmbedding(self.num_classes, 4 * self.channels)(y, x.shape[0])
 
         exponents = tuple(range(self.fourier_min, self.fourier_max))
         h = jnp.concatenate([x, fourier_features(x, exponents)], -1) if exponents else x
