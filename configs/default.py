@@ -84,6 +84,9 @@ def get_default() -> ml_collections.ConfigDict:
     data.train_split = "train"
     data.eval_split = "test"
     data.toy_dim = 2                      # dimension of toy:<...> vector data
+    data.exclude_classes = ""             # comma-separated labels dropped from train_split
+                                          # only (leave-classes-out anomaly detection: the
+                                          # eval split keeps them), e.g. "3" or "3,5"
 
     # ---- Training (sde_lab.train) ----
     config.train = train = ml_collections.ConfigDict()

@@ -120,6 +120,7 @@ class DataSpec:
     train_split: str
     eval_split: str
     toy_dim: int
+    exclude_classes: tuple[int, ...] = ()   # dropped from train_split only
 
     @property
     def is_toy(self) -> bool:
@@ -146,7 +147,8 @@ class DataSpec:
                 self.dataset, split, num_levels=self.num_levels, centered=self.centered,
                 image_size=self.image_size, random_flip=self.random_flip,
                 uniform_dequantization=self.uniform_dequantization, data_dir=self.data_dir,
-                toy_dim=self.toy_dim, seed=seed, train=train, center_crop=self.center_crop)
+                toy_dim=self.toy_dim, seed=seed, train=train, center_crop=self.center_crop,
+                exclude_classes=self.exclude_classes if split == self.train_split else ())
         except (ValueError, FileNotFoundError) as e:
             raise ConfigError(str(e)) from None
 
@@ -384,7 +386,19 @@ def _data(config) -> DataSpec:
              d.num_levels, "must be an int >= 2")
     return DataSpec(d.dataset, d.data_dir or None, d.center_crop, d.image_size,
                     d.num_channels, d.num_levels, d.centered, d.random_flip,
-                    d.uniform_dequantization, d.train_split, d.eval_split, d.toy_dim)
+                    d.uniform_dequantization, d.train_split, d.eval_split, d.toy_dim,
+                    int_list("data.exclude_classes", d.exclude_classes))
+
+
+def int_list(field: str, value: str) -> tuple[int, ...]:
+    """'3' or '3,5' -> (3, 5); '' -> (); anything else -> ConfigError naming `field`."""
+    try:
+        out = tuple(int(v) for v in value.split(",")) if value.strip() else ()
+    except ValueError:
+        raise ConfigError(f"{field}={value!r} is not valid: give comma-separated integer "
+                          "labels, e.g. '3' or '3,5'") from None
+    _require(len(set(out)) == len(out), field, value, "lists a label twice")
+    return out
 
 
 def _loss(config, sde: sdes.SDE, data: DataSpec) -> tuple[str, Callable]:
