@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import zlib
 from typing import Iterator, Protocol
 
 import numpy as np
@@ -274,8 +275,9 @@ class Dataset:
     def __init__(self, split: Split | None, *, toy=None, scaler: Scaler | None = None,
                  image_size: int | None = None, random_flip: bool = False,
                  dequantize: bool = False, seed: int = 0, center_crop: int = 0,
-                 exclude_classes: tuple[int, ...] = ()):
+                 exclude_classes: tuple[int, ...] = (), split_name: str = ""):
         self.split, self.toy, self.scaler = split, toy, scaler
+        self.split_name = split_name
         self.exclude_classes = tuple(exclude_classes)
         self.center_crop = center_crop
         self.image_size, self.random_flip, self.dequantize = image_size, random_flip, dequantize
@@ -355,11 +357,11 @@ class Dataset:
     def examples(self, num: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """The first `num` examples (0: all) in dataset order, in model space, with their
         labels: images neither dequantized nor flipped; a toy set's split is
-        TOY_EVAL_SIZE draws fixed by the seed."""
+        TOY_EVAL_SIZE draws fixed by the seed and the split's name."""
         if self.toy is None:
             levels, labels = self.levels(0, num or len(self))
             return self._resize(self.scaler.to_model(levels)), labels.astype(np.int32)
-        rng = np.random.default_rng([self.seed, 104729])
+        rng = np.random.default_rng([self.seed, 104729, zlib.crc32(self.split_name.encode())])
         n = num or TOY_EVAL_SIZE
         if hasattr(self.toy, "sample_labeled"):
             return self.toy.sample_labeled(rng, n, self.exclude_classes)
@@ -400,7 +402,8 @@ def make(dataset: str, split: str, *, num_levels: int = 256, centered: bool = Tr
             if set(exclude_classes) >= {0, 1}:
                 raise ValueError(f"data.exclude_classes={list(exclude_classes)} drops every "
                                  f"example of {dataset} (labels 0 and 1)")
-        return Dataset(None, toy=toy, seed=seed, exclude_classes=exclude_classes)
+        return Dataset(None, toy=toy, seed=seed, exclude_classes=exclude_classes,
+                       split_name=split)
     if dataset == "digits":
         splits = load_digits()
         if split not in splits:
@@ -412,7 +415,7 @@ def make(dataset: str, split: str, *, num_levels: int = 256, centered: bool = Tr
         source = load_tfds(dataset, split, data_dir)
     if exclude_classes:
         source = drop_classes(source, exclude_classes)
-    return Dataset(source, exclude_classes=exclude_classes, **common)
+    return Dataset(source, exclude_classes=exclude_classes, split_name=split, **common)
 
 
 def image_grid(images: np.ndarray, ncol: int | None = None) -> np.ndarray:

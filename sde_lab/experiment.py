@@ -18,6 +18,7 @@ import dataclasses
 import functools
 import math
 import os
+import zlib
 from typing import Any, Callable
 
 import jax
@@ -220,6 +221,28 @@ class EvalSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class InverseSpec:
+    """Inverse-problem and anomaly-score modes (`inverse.*`): see configs/default.py."""
+
+    num_examples: int
+    batch_size: int
+    mask: str
+    mask_fraction: float
+    mask_file: str
+    method: str
+    guidance_scale: float
+    data_var: float
+    noise_std: float
+    num_posterior_samples: int
+    t0: float
+    score_methods: tuple[str, ...]
+    anomaly_classes: tuple[int, ...]
+    reconstruction_t0s: tuple[float, ...]
+    score_norm_levels: int
+    gmm_components: int
+
+
+@dataclasses.dataclass(frozen=True)
 class LogSpec:
     tracker: str
     project: str
@@ -239,6 +262,7 @@ class Keys:
     SAMPLE = 10**6      # --mode sample of checkpoint `step`
     EVAL = 2 * 10**6    # eval samples of checkpoint `step`
     BPD = 3 * 10**6     # eval bits/dim of checkpoint `step`
+    INVERSE = 4 * 10**6  # inverse-problem / anomaly-score modes of checkpoint `step`
 
     def __init__(self, seed: int):
         self.root = jax.random.PRNGKey(seed)
@@ -256,6 +280,11 @@ class Keys:
 
     def bpd(self, step: int):
         return jax.random.fold_in(self.root, self.BPD + step)
+
+    def inverse(self, step: int, mode: str):
+        """Key of inverse mode `mode` at checkpoint `step` (one stream per mode)."""
+        stream = jax.random.fold_in(self.root, self.INVERSE + step)
+        return jax.random.fold_in(stream, zlib.crc32(mode.encode()) % 2**31)
 
 
 # ---------------------------------------------------------------- the experiment
@@ -282,6 +311,7 @@ class Experiment:
     eval: EvalSpec
     parallel: ParallelSpec
     log: LogSpec = LogSpec("", "sde_lab")
+    inverse: InverseSpec | None = None
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -495,6 +525,50 @@ def _eval(config, sde: sdes.SDE) -> EvalSpec:
                     e.wait_seconds)
 
 
+MASKS = ("half", "center", "random")
+INVERSE_METHODS = ("replacement", "guidance")        # = inverse.INPAINT_METHODS
+SCORE_METHODS = ("bpd", "reconstruction", "score_norm", "score_norm_gmm")
+
+
+def _inverse(config, sde: sdes.SDE, data: DataSpec) -> InverseSpec:
+    v = config.inverse
+    _nonnegative_int("inverse.num_examples", v.num_examples)
+    _positive_int("inverse.batch_size", v.batch_size)
+    _choice("inverse.mask", v.mask, MASKS)
+    _require(_finite(v.mask_fraction) and 0 < v.mask_fraction < 1, "inverse.mask_fraction",
+             v.mask_fraction, "the fraction of hidden pixels must be in (0, 1)")
+    _choice("inverse.method", v.method, INVERSE_METHODS)
+    _require(_finite(v.guidance_scale) and v.guidance_scale >= 0, "inverse.guidance_scale",
+             v.guidance_scale, "must be finite and >= 0")
+    _require(_finite(v.data_var) and v.data_var > 0, "inverse.data_var", v.data_var,
+             "must be finite and > 0")
+    _require(_finite(v.noise_std) and v.noise_std > 0, "inverse.noise_std", v.noise_std,
+             "must be finite and > 0 (data units)")
+    _nonnegative_int("inverse.num_posterior_samples", v.num_posterior_samples)
+    _require(_finite(v.t0) and 0 < v.t0 <= sde.T, "inverse.t0", v.t0,
+             f"must be in (0, T] = (0, {sde.T}]")
+    methods = tuple(m.strip() for m in v.score_methods.split(",") if m.strip())
+    _require(len(methods) > 0, "inverse.score_methods", v.score_methods,
+             f"name at least one of {list(SCORE_METHODS)}")
+    for m in methods:
+        _require(m in SCORE_METHODS, "inverse.score_methods", v.score_methods,
+                 f"unknown method {m!r}; choose from {list(SCORE_METHODS)}")
+    try:
+        t0s = tuple(float(s) for s in v.reconstruction_t0s.split(","))
+    except ValueError:
+        t0s = ()
+    _require(len(t0s) > 0 and all(math.isfinite(t) and 0 < t <= sde.T for t in t0s),
+             "inverse.reconstruction_t0s", v.reconstruction_t0s,
+             f"give comma-separated times in (0, T] = (0, {sde.T}]")
+    _positive_int("inverse.score_norm_levels", v.score_norm_levels)
+    _positive_int("inverse.gmm_components", v.gmm_components)
+    anomalies = int_list("inverse.anomaly_classes", v.anomaly_classes) or data.exclude_classes
+    return InverseSpec(v.num_examples, v.batch_size, v.mask, v.mask_fraction, v.mask_file,
+                       v.method, v.guidance_scale, v.data_var, v.noise_std,
+                       v.num_posterior_samples, v.t0, methods, anomalies, t0s,
+                       v.score_norm_levels, v.gmm_components)
+
+
 def _log(config) -> LogSpec:
     from sde_lab import trackers
 
@@ -530,7 +604,8 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
         param=parameterization.make(config.model.parameterization), loss=loss,
         loss_name=loss_name, num_classes=config.model.num_classes, data=data,
         train=_train(config), optim=_optim(config), sampler=_sampler(config),
-        eval=_eval(config, sde), parallel=parallel_spec(config), log=_log(config))
+        eval=_eval(config, sde), parallel=parallel_spec(config), log=_log(config),
+        inverse=_inverse(config, sde, data) if "inverse" in config else None)
 
 
 def check_shapes(exp: Experiment) -> None:

@@ -18,7 +18,7 @@ from typing import Callable
 
 import jax
 
-from sde_lab import evaluate, experiment, interrupts, parallel, sample, train
+from sde_lab import evaluate, experiment, interrupts, inverse_runner, parallel, sample, train
 from sde_lab import workdir as workdir_lib
 from sde_lab.experiment import ConfigError
 
@@ -39,11 +39,24 @@ def _eval_mode(exp, workdir: str) -> int:
 
 
 # mode -> (runner(exp, workdir) -> exit code, lock role of the whole mode or None,
-#          whether it needs an existing checkpoint, one line of help).
-MODES: dict[str, tuple[Callable[..., int], str | None, bool, str]] = {
-    "train": (_train_mode, "train", False, "train (resuming), then eval if train.eval_at_end"),
-    "eval": (_eval_mode, None, True, "FID/KID/IS and bits/dim of checkpoints"),
-    "sample": (sample.run, "sample", True, "samples of the newest checkpoint (.npz + PNG)"),
+#          whether it needs an existing checkpoint, one line of help,
+#          check(exp, mode) run by prepare() before compiling, or None).
+MODES: dict[str, tuple[Callable[..., int], str | None, bool, str, Callable | None]] = {
+    "train": (_train_mode, "train", False, "train (resuming), then eval if train.eval_at_end",
+              None),
+    "eval": (_eval_mode, None, True, "FID/KID/IS and bits/dim of checkpoints", None),
+    "sample": (sample.run, "sample", True, "samples of the newest checkpoint (.npz + PNG)",
+               None),
+    "inpaint": (inverse_runner.run_inpaint, "inpaint", True, "fill inverse.mask of the eval "
+                "split (.npz, PNG, JSON with the digits accuracy)", inverse_runner.check),
+    "colorize": (inverse_runner.run_colorize, "colorize", True, "colour from the grey eval "
+                 "images (RGB data)", inverse_runner.check),
+    "sdedit": (inverse_runner.run_sdedit, "sdedit", True, "SDEdit of the eval images from "
+               "inverse.t0", inverse_runner.check),
+    "denoise": (inverse_runner.run_denoise, "denoise", True, "Tweedie, posterior mean and "
+                "filters at inverse.noise_std (data units): PSNR", inverse_runner.check),
+    "score": (inverse_runner.run_score, "score", True, "anomaly scores of the eval split "
+              "(scores.npz/.csv) and AUROC of inverse.anomaly_classes", inverse_runner.check),
 }
 
 
@@ -110,6 +123,8 @@ def prepare(config, workdir: str, mode: str, allow_config_change: bool = False):
     record = json.loads(config.to_json_best_effort())
     if parallel.is_main_process():  # read-only: nothing is written before every check
         workdir_lib.check_config(workdir, record, allow_config_change, record=False)
+    if MODES[mode][4] is not None:
+        MODES[mode][4](exp, mode)
     if MODES[mode][2]:
         _check_checkpoints(exp, workdir, mode)
     experiment.check_shapes(exp)
@@ -135,7 +150,7 @@ def main(config, workdir: str, mode: str = "train", dry_run: bool = False,
         print(f"parameters: {n:,}")
         return 0
     exp = prepare(config, workdir, mode, allow_config_change)
-    runner, role, _, _ = MODES[mode]
+    runner, role = MODES[mode][:2]
     if role is None or not parallel.is_main_process():
         return runner(exp, workdir)
     with workdir_lib.lock(workdir, role):

@@ -30,7 +30,7 @@ DONE_FILE = "DONE"
 MUTABLE = ("train.num_steps", "train.log_every_steps", "train.checkpoint_every_steps",
            "train.sample_every_steps", "train.max_to_keep", "train.eval_at_end",
            "train.steps_per_dispatch", "train.grad_accum_steps", "sample.", "eval.", "log.",
-           "parallel.", "data.data_dir")
+           "parallel.", "data.data_dir", "inverse.")
 
 
 class WorkdirError(RuntimeError):
