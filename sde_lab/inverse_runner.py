@@ -4,8 +4,10 @@ scores on the eval split with the newest checkpoint's EMA parameters.
 Each mode reads `inverse.num_examples` examples of `data.eval_split` (0: all), runs the
 `sde_lab.inverse` / `sde_lab.anomaly` function jitted over batches of
 `inverse.batch_size` with the configured sampler (`sample.sampler` and its section), and
-writes to `<workdir>/inverse/<mode>_<step>.{npz,png,json}` (arrays in model space; the
-grid shows the first 16 examples, one per row; the JSON holds the metrics and the spec):
+writes to `<workdir>/inverse/<mode>_<step>_<tag>.{npz,png,json}`, the tag naming the
+mode's main option (`half_replacement`, `noise0.1`, `t0.5`, ...; arrays in model space;
+the grid shows the first 16 examples, one per row; the JSON holds the metrics and the
+whole spec, sampler included):
 
 | mode     | columns of the grid                                   | metrics                      |
 |----------|-------------------------------------------------------|------------------------------|
@@ -254,14 +256,23 @@ def _digits_accuracy(exp, named: dict[str, np.ndarray], labels: np.ndarray) -> d
     return out
 
 
+def tag(exp, mode: str) -> str:
+    """The part of an output's name that tells runs of one mode apart."""
+    v = exp.inverse
+    mask = "file" if v.mask_file else (f"random{v.mask_fraction:g}" if v.mask == "random"
+                                       else v.mask)
+    return {"inpaint": f"{mask}_{v.method}", "colorize": v.method, "sdedit": f"t0{v.t0:g}",
+            "denoise": f"noise{v.noise_std:g}"}[mode]
+
+
 def _write(exp, workdir: str, mode: str, step: int, arrays: dict, columns: list[np.ndarray],
            result: dict) -> None:
-    """<workdir>/inverse/<mode>_<step>.{npz,png,json}; prints where they went."""
+    """<workdir>/inverse/<mode>_<step>_<tag>.{npz,png,json}; prints where they went."""
     if not parallel.is_main_process():
         return
     out = os.path.join(workdir, "inverse")
     os.makedirs(out, exist_ok=True)
-    base = os.path.join(out, f"{mode}_{step}")
+    base = os.path.join(out, f"{mode}_{step}_{tag(exp, mode)}")
     np.savez_compressed(base + ".npz", **arrays)
     written = [base + ".npz"]
     if not exp.data.is_toy:
