@@ -23,7 +23,8 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", _DEFAULT_CONFIG, "Experiment config file[:variant].", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
 _MODE = flags.DEFINE_string("mode", "train", "What to run: train | eval | sample | "
-                            "train_classifier (see sde_lab/run.py MODES).")
+                            "train_classifier | inpaint | colorize | sdedit | denoise | score "
+                            "(see sde_lab/run.py MODES).")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the resolved config and parameter "
                              "count, then exit.")
 _ALLOW_CHANGE = flags.DEFINE_bool(

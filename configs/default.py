@@ -84,6 +84,9 @@ def get_default() -> ml_collections.ConfigDict:
     data.train_split = "train"
     data.eval_split = "test"
     data.toy_dim = 2                      # dimension of toy:<...> vector data
+    data.exclude_classes = ""             # comma-separated labels dropped from train_split
+                                          # only (leave-classes-out anomaly detection: the
+                                          # eval split keeps them), e.g. "3" or "3,5"
 
     # ---- Training (sde_lab.train) ----
     config.train = train = ml_collections.ConfigDict()
@@ -174,6 +177,35 @@ def get_default() -> ml_collections.ConfigDict:
                                           # the SDE's t_min and T/10, 2T/10, ..., T
     clf.eval_repeats = 4                  # noise draws per held-out example and t
     clf.workdir = ""                      # "" = <workdir>/classifier; another run's to reuse it
+
+    # ---- Inverse problems and anomaly scores (sde_lab.inverse_runner): --mode inpaint |
+    # colorize | sdedit | denoise | score on the eval split, with the newest checkpoint and
+    # the configured sampler (sample.sampler and its section). Not run-defining. ----
+    config.inverse = inv = ml_collections.ConfigDict()
+    inv.num_examples = 0                  # eval-split examples (0: all; toy sets: 4,096 draws)
+    inv.batch_size = 100                  # examples per compiled call (the last is padded)
+    inv.mask = "half"                     # inpaint: half (lower half hidden) | center (central
+                                          # square of half the side hidden) | random
+    inv.mask_fraction = 0.5               # random: fraction of pixels hidden, per example
+    inv.mask_file = ""                    # .npy of 0/1 (1 = observed), the shape of one example,
+                                          # one image [H, W] or all [N, ...]; replaces inv.mask
+    inv.method = "replacement"            # inpaint / colorize: replacement (score_sde) | guidance
+    inv.guidance_scale = 1.0              # guidance: scale of the reconstruction guidance
+    inv.data_var = 1.0                    # guidance: data variance, model units (p(y|x_t)'s width)
+    inv.noise_std = 0.1                   # denoise: std of the added noise in DATA units (images
+                                          # in [0, 1]; vector data as is); model units are scaled
+    inv.num_posterior_samples = 4         # denoise: posterior samples averaged per example (needs
+                                          # a reverse-SDE sample.sampler, e.g. ancestral); 0: none
+    inv.t0 = 0.5                          # sdedit: noising time in (0, T]
+    inv.score_methods = "bpd,reconstruction,score_norm,score_norm_gmm"  # --mode score, any of
+                                          # these; score_norm_gmm: a Gaussian mixture fitted to
+                                          # the train split's per-level score norms (Mahmood
+                                          # et al. 2021); bpd uses eval.bpd_* options
+    inv.anomaly_classes = ""              # labels that mark anomalies for the AUROC; "" =
+                                          # data.exclude_classes (none: scores only)
+    inv.reconstruction_t0s = "0.1,0.3,0.5"  # reconstruction: SDEdit times, errors averaged
+    inv.score_norm_levels = 10            # score_norm(_gmm): noise levels, uniform in log-SNR
+    inv.gmm_components = 4                # score_norm_gmm: mixture components
 
     # ---- Logging beyond metrics.jsonl and TensorBoard (sde_lab.trackers) ----
     config.log = log = ml_collections.ConfigDict()

@@ -18,6 +18,7 @@ import dataclasses
 import functools
 import math
 import os
+import zlib
 from typing import Any, Callable
 
 import jax
@@ -122,6 +123,7 @@ class DataSpec:
     train_split: str
     eval_split: str
     toy_dim: int
+    exclude_classes: tuple[int, ...] = ()   # dropped from train_split only
 
     @property
     def is_toy(self) -> bool:
@@ -148,7 +150,8 @@ class DataSpec:
                 self.dataset, split, num_levels=self.num_levels, centered=self.centered,
                 image_size=self.image_size, random_flip=self.random_flip,
                 uniform_dequantization=self.uniform_dequantization, data_dir=self.data_dir,
-                toy_dim=self.toy_dim, seed=seed, train=train, center_crop=self.center_crop)
+                toy_dim=self.toy_dim, seed=seed, train=train, center_crop=self.center_crop,
+                exclude_classes=self.exclude_classes if split == self.train_split else ())
         except (ValueError, FileNotFoundError) as e:
             raise ConfigError(str(e)) from None
 
@@ -288,6 +291,28 @@ class ClassifierSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class InverseSpec:
+    """Inverse-problem and anomaly-score modes (`inverse.*`): see configs/default.py."""
+
+    num_examples: int
+    batch_size: int
+    mask: str
+    mask_fraction: float
+    mask_file: str
+    method: str
+    guidance_scale: float
+    data_var: float
+    noise_std: float
+    num_posterior_samples: int
+    t0: float
+    score_methods: tuple[str, ...]
+    anomaly_classes: tuple[int, ...]
+    reconstruction_t0s: tuple[float, ...]
+    score_norm_levels: int
+    gmm_components: int
+
+
+@dataclasses.dataclass(frozen=True)
 class LogSpec:
     tracker: str
     project: str
@@ -312,6 +337,7 @@ class Keys:
     # the batch's first key is the network's dropout key, fold_in(k, 2) of each example's
     # key draws whether its label is dropped.
     LABEL_DROPOUT = 2
+    INVERSE = 5 * 10**6  # inverse-problem / anomaly-score modes of checkpoint `step`
 
     def __init__(self, seed: int):
         self.root = jax.random.PRNGKey(seed)
@@ -341,6 +367,11 @@ class Keys:
         """Key of the i-th noise draw of the classifier's accuracy table."""
         return jax.random.fold_in(jax.random.fold_in(self.root, self.CLASSIFIER + 2), i)
 
+    def inverse(self, step: int, mode: str):
+        """Key of inverse mode `mode` at checkpoint `step` (one stream per mode)."""
+        stream = jax.random.fold_in(self.root, self.INVERSE + step)
+        return jax.random.fold_in(stream, zlib.crc32(mode.encode()) % 2**31)
+
 
 # ---------------------------------------------------------------- the experiment
 
@@ -369,6 +400,7 @@ class Experiment:
     label_dropout: float = 0.0
     guidance: GuidanceSpec = GuidanceSpec(-1, "none", 1.0, 0)
     classifier: ClassifierSpec | None = None
+    inverse: InverseSpec | None = None
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -513,7 +545,19 @@ def _data(config) -> DataSpec:
              d.num_levels, "must be an int >= 2")
     return DataSpec(d.dataset, d.data_dir or None, d.center_crop, d.image_size,
                     d.num_channels, d.num_levels, d.centered, d.random_flip,
-                    d.uniform_dequantization, d.train_split, d.eval_split, d.toy_dim)
+                    d.uniform_dequantization, d.train_split, d.eval_split, d.toy_dim,
+                    int_list("data.exclude_classes", d.exclude_classes))
+
+
+def int_list(field: str, value: str) -> tuple[int, ...]:
+    """'3' or '3,5' -> (3, 5); '' -> (); anything else -> ConfigError naming `field`."""
+    try:
+        out = tuple(int(v) for v in value.split(",")) if value.strip() else ()
+    except ValueError:
+        raise ConfigError(f"{field}={value!r} is not valid: give comma-separated integer "
+                          "labels, e.g. '3' or '3,5'") from None
+    _require(len(set(out)) == len(out), field, value, "lists a label twice")
+    return out
 
 
 def _loss(config, sde: sdes.SDE, data: DataSpec) -> tuple[str, Callable]:
@@ -701,6 +745,50 @@ def _guidance(config, classifier: ClassifierSpec, label_dropout: float) -> Guida
     return GuidanceSpec(s.label, s.guidance, float(s.guidance_scale), num_classes)
 
 
+MASKS = ("half", "center", "random")
+INVERSE_METHODS = ("replacement", "guidance")        # = inverse.INPAINT_METHODS
+SCORE_METHODS = ("bpd", "reconstruction", "score_norm", "score_norm_gmm")
+
+
+def _inverse(config, sde: sdes.SDE, data: DataSpec) -> InverseSpec:
+    v = config.inverse
+    _nonnegative_int("inverse.num_examples", v.num_examples)
+    _positive_int("inverse.batch_size", v.batch_size)
+    _choice("inverse.mask", v.mask, MASKS)
+    _require(_finite(v.mask_fraction) and 0 < v.mask_fraction < 1, "inverse.mask_fraction",
+             v.mask_fraction, "the fraction of hidden pixels must be in (0, 1)")
+    _choice("inverse.method", v.method, INVERSE_METHODS)
+    _require(_finite(v.guidance_scale) and v.guidance_scale >= 0, "inverse.guidance_scale",
+             v.guidance_scale, "must be finite and >= 0")
+    _require(_finite(v.data_var) and v.data_var > 0, "inverse.data_var", v.data_var,
+             "must be finite and > 0")
+    _require(_finite(v.noise_std) and v.noise_std > 0, "inverse.noise_std", v.noise_std,
+             "must be finite and > 0 (data units)")
+    _nonnegative_int("inverse.num_posterior_samples", v.num_posterior_samples)
+    _require(_finite(v.t0) and 0 < v.t0 <= sde.T, "inverse.t0", v.t0,
+             f"must be in (0, T] = (0, {sde.T}]")
+    methods = tuple(m.strip() for m in v.score_methods.split(",") if m.strip())
+    _require(len(methods) > 0, "inverse.score_methods", v.score_methods,
+             f"name at least one of {list(SCORE_METHODS)}")
+    for m in methods:
+        _require(m in SCORE_METHODS, "inverse.score_methods", v.score_methods,
+                 f"unknown method {m!r}; choose from {list(SCORE_METHODS)}")
+    try:
+        t0s = tuple(float(s) for s in v.reconstruction_t0s.split(","))
+    except ValueError:
+        t0s = ()
+    _require(len(t0s) > 0 and all(math.isfinite(t) and 0 < t <= sde.T for t in t0s),
+             "inverse.reconstruction_t0s", v.reconstruction_t0s,
+             f"give comma-separated times in (0, T] = (0, {sde.T}]")
+    _positive_int("inverse.score_norm_levels", v.score_norm_levels)
+    _positive_int("inverse.gmm_components", v.gmm_components)
+    anomalies = int_list("inverse.anomaly_classes", v.anomaly_classes) or data.exclude_classes
+    return InverseSpec(v.num_examples, v.batch_size, v.mask, v.mask_fraction, v.mask_file,
+                       v.method, v.guidance_scale, v.data_var, v.noise_std,
+                       v.num_posterior_samples, v.t0, methods, anomalies, t0s,
+                       v.score_norm_levels, v.gmm_components)
+
+
 def _log(config) -> LogSpec:
     from sde_lab import trackers
 
@@ -741,7 +829,8 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
         train=_train(config), optim=_optim(config), sampler=_sampler(config),
         eval=_eval(config, sde), parallel=parallel_spec(config), log=_log(config),
         label_dropout=label_dropout, guidance=_guidance(config, classifier, label_dropout),
-        classifier=classifier)
+        classifier=classifier,
+        inverse=_inverse(config, sde, data) if "inverse" in config else None)
 
 
 def check_shapes(exp: Experiment) -> None:

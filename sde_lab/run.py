@@ -18,7 +18,8 @@ from typing import Callable
 
 import jax
 
-from sde_lab import classify, evaluate, experiment, interrupts, parallel, sample, train
+from sde_lab import (classify, evaluate, experiment, interrupts, inverse_runner, parallel,
+                     sample, train)
 from sde_lab import workdir as workdir_lib
 from sde_lab.experiment import ConfigError
 
@@ -39,14 +40,27 @@ def _eval_mode(exp, workdir: str) -> int:
 
 
 # mode -> (runner(exp, workdir) -> exit code, lock role of the whole mode or None,
-#          whether it needs an existing checkpoint, one line of help).
-MODES: dict[str, tuple[Callable[..., int], str | None, bool, str]] = {
-    "train": (_train_mode, "train", False, "train (resuming), then eval if train.eval_at_end"),
-    "eval": (_eval_mode, None, True, "FID/KID/IS and bits/dim of checkpoints"),
-    "sample": (sample.run, "sample", True, "samples of the newest checkpoint (.npz + PNG)"),
+#          whether it needs an existing checkpoint, one line of help,
+#          check(exp, mode) run by prepare() before compiling, or None).
+MODES: dict[str, tuple[Callable[..., int], str | None, bool, str, Callable | None]] = {
+    "train": (_train_mode, "train", False, "train (resuming), then eval if train.eval_at_end",
+              None),
+    "eval": (_eval_mode, None, True, "FID/KID/IS and bits/dim of checkpoints", None),
+    "sample": (sample.run, "sample", True, "samples of the newest checkpoint (.npz + PNG)",
+               None),
     # Locks the classifier's own directory (it may be another run's: classifier.workdir).
     "train_classifier": (classify.run, None, False, "the noise-conditional classifier for "
-                         "sample.guidance=classifier (resuming), then its accuracy vs t"),
+                         "sample.guidance=classifier (resuming), then its accuracy vs t", None),
+    "inpaint": (inverse_runner.run_inpaint, "inpaint", True, "fill inverse.mask of the eval "
+                "split (.npz, PNG, JSON with the digits accuracy)", inverse_runner.check),
+    "colorize": (inverse_runner.run_colorize, "colorize", True, "colour from the grey eval "
+                 "images (RGB data)", inverse_runner.check),
+    "sdedit": (inverse_runner.run_sdedit, "sdedit", True, "SDEdit of the eval images from "
+               "inverse.t0", inverse_runner.check),
+    "denoise": (inverse_runner.run_denoise, "denoise", True, "Tweedie, posterior mean and "
+                "filters at inverse.noise_std (data units): PSNR", inverse_runner.check),
+    "score": (inverse_runner.run_score, "score", True, "anomaly scores of the eval split "
+              "(scores.npz/.csv) and AUROC of inverse.anomaly_classes", inverse_runner.check),
 }
 
 
@@ -151,6 +165,8 @@ def prepare(config, workdir: str, mode: str, allow_config_change: bool = False):
             workdir_lib.check_config(d, record, allow_config_change, record=False)
     if _uses_classifier(exp, mode):
         _check_classifier(exp, record, source or workdir, mode, allow_config_change)
+    if MODES[mode][4] is not None:
+        MODES[mode][4](exp, mode)
     if MODES[mode][2]:
         _check_checkpoints(exp, source or workdir, mode)
     experiment.check_shapes(exp)
@@ -182,7 +198,7 @@ def main(config, workdir: str, mode: str = "train", dry_run: bool = False,
         print(f"parameters: {n:,}")
         return 0
     exp = prepare(config, workdir, mode, allow_config_change)
-    runner, role, _, _ = MODES[mode]
+    runner, role = MODES[mode][:2]
     if role is None or not parallel.is_main_process():
         return runner(exp, workdir)
     with workdir_lib.lock(workdir, role):

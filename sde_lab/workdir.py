@@ -31,7 +31,7 @@ DONE_FILE = "DONE"
 MUTABLE = ("train.num_steps", "train.log_every_steps", "train.checkpoint_every_steps",
            "train.sample_every_steps", "train.max_to_keep", "train.eval_at_end",
            "train.steps_per_dispatch", "train.grad_accum_steps", "sample.", "eval.", "log.",
-           "parallel.", "data.data_dir", "classifier.")
+           "parallel.", "data.data_dir", "classifier.", "inverse.")
 
 
 class WorkdirError(RuntimeError):

@@ -65,6 +65,10 @@ def _file_cases(tmp):
     }
     for name, text in files.items():
         (tmp / name).write_text(text)
+    import numpy as np
+
+    np.save(tmp / "mask_shape.npy", np.ones((3, 3)))
+    np.save(tmp / "mask_values.npy", np.full((8, 8), 0.5))
     os.makedirs(tmp / "adir.py")
     (tmp / "a_file").write_text("not a directory")
     other = tmp / "other_run"
@@ -215,6 +219,34 @@ def _cases(tmp):
     m(["--config.data.dataset=toy:gmm", "--config.model.name=mlp", "--config.model.size=nope"],
       "model.size='nope'")
     m(["--config.model.name=ddpm", "--config.model.size=ddpmpp_cont"], "model.size")
+    # Inverse-problem and anomaly-score modes (checked before the checkpoint is looked for).
+    for mode, args, expect in [
+        ("inpaint", [f"--config.inverse.mask_file={t}/mask_shape.npy"], "shape (3, 3) is not"),
+        ("inpaint", [f"--config.inverse.mask_file={t}/mask_values.npy"],
+         "values must be 0 or 1"),
+        ("inpaint", [f"--config.inverse.mask_file={t}/missing.npy"], "no such file"),
+        ("inpaint", ["--config.inverse.mask=ring"], "inverse.mask='ring'"),
+        ("inpaint", ["--config.inverse.mask_fraction=1.0"], "inverse.mask_fraction=1.0"),
+        ("inpaint", ["--config.inverse.method=dps"], "inverse.method='dps'"),
+        ("inpaint", ["--config.sample.sampler=ode"], "needs a fixed-step sampler"),
+        ("sdedit", ["--config.inverse.t0=0"], "inverse.t0=0"),
+        ("sdedit", ["--config.inverse.t0=1.5"], "inverse.t0=1.5"),
+        ("denoise", ["--config.inverse.noise_std=0"], "inverse.noise_std=0"),
+        ("denoise", ["--config.inverse.noise_std=-0.1"], "inverse.noise_std=-0.1"),
+        ("denoise", ["--config.sample.sampler=ancestral", "--config.inverse.noise_std=100"],
+         "outside the SDE's noise levels"),
+        ("denoise", [], "needs a reverse-SDE sampler"),
+        ("colorize", [], "needs colour images"),
+        ("score", ["--config.inverse.score_methods=bpd,likelihood"], "'likelihood'"),
+        ("score", ["--config.inverse.reconstruction_t0s=0.1,2"], "reconstruction_t0s"),
+        ("score", ["--config.inverse.anomaly_classes=x"], "inverse.anomaly_classes='x'"),
+        ("score", [], "no checkpoint in"),
+    ]:
+        m([f"--mode={mode}", *args], expect)
+    m(["--config.data.exclude_classes=a"], "data.exclude_classes='a'")
+    m(["--config.data.exclude_classes=1,1"], "lists a label twice")
+    m(["--config.data.exclude_classes=0,1,2,3,4,5,6,7,8,9"], "drops every example")
+    m(["--config.data.exclude_classes=1"], "toy:gmm has no classes", base=TOY)
 
     # Class-conditional sampling, guidance and the noise-conditional classifier.
     cond = ["--config", "configs/digits_conditional.py:runlocal"]

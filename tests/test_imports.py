@@ -45,8 +45,9 @@ def test_no_import_cycles():
 def test_runner_layers_are_one_way():
     graph = _graph()
     below = {"sde_lab.run": ["sde_lab.train", "sde_lab.evaluate", "sde_lab.sample",
-                             "sde_lab.classify", "sde_lab.experiment"],
+                             "sde_lab.classify", "sde_lab.inverse_runner", "sde_lab.experiment"],
              "sde_lab.classify": ["sde_lab.train", "sde_lab.sample", "sde_lab.experiment"],
+             "sde_lab.inverse_runner": ["sde_lab.state", "sde_lab.experiment"],
              "sde_lab.train": ["sde_lab.sample", "sde_lab.experiment"],
              "sde_lab.evaluate": ["sde_lab.sample", "sde_lab.experiment"],
              "sde_lab.sample": ["sde_lab.experiment"]}
@@ -54,7 +55,8 @@ def test_runner_layers_are_one_way():
         for lower in lowers:
             assert not _reaches(graph, lower, upper), f"{lower} imports {upper}"
     library = ["sde_lab.sdes", "sde_lab.samplers", "sde_lab.losses", "sde_lab.likelihood",
-               "sde_lab.parameterization", "sde_lab.models", "sde_lab.metrics"]
+               "sde_lab.parameterization", "sde_lab.models", "sde_lab.metrics",
+               "sde_lab.inverse", "sde_lab.anomaly"]
     for lib in library:
         for runner in ("sde_lab.experiment", "sde_lab.run", "sde_lab.train", "sde_lab.sweep"):
             assert not _reaches(graph, lib, runner), f"{lib} imports the runner ({runner})"
