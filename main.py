@@ -1,6 +1,6 @@
 """sde_lab command line: flags only; the work happens in sde_lab.run.
 
-  python main.py --config configs/digits.py --workdir DIR [--mode train|eval|sample|train_classifier]
+  python main.py --config configs/digits.py --workdir DIR [--mode train|eval|sample|...]
   python main.py --config configs/digits.py:runlocal --workdir DIR --config.train.num_steps=20
   python main.py --config configs/cifar10_ddpmpp_vp.py --dry_run
 

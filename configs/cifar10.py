@@ -1,6 +1,6 @@
 """Published CIFAR-10 experiments (Song et al. 2021; Ho et al. 2020; Song & Ermon 2020;
-Kingma et al. 2021), one variant each, each following its authors' own config. Needs
-CIFAR-10 prepared as array_record:
+Kingma et al. 2021; Karras et al. 2022; Liu et al. 2023), one variant each, each following
+its authors' own config. Needs CIFAR-10 prepared as array_record:
 
   pip install "sde_lab[tf]" && tfds build cifar10 --file_format=array_record
   python main.py --config configs/cifar10.py:ncsnpp_ve --workdir runs/ncsnpp_ve
@@ -16,6 +16,9 @@ CIFAR-10 prepared as array_record:
 | ddpm              | VP, DDPM eps-MSE   | ddpm cifar10     | 800k  | FID 3.17, IS 9.46 (Ho+20, Table 1)     |
 | ncsnv2            | VE, SMLD (1/2 sum) | ncsnv2 cifar10   | 300k  | FID 10.87, IS 8.40 (Song & Ermon 2020) |
 | vdm               | learned VP, VLB    | vdm cifar10      | 10M   | 2.65 bits/dim (Kingma+21, Table 1)     |
+| ddpmpp_edm        | EDM, EDM loss      | ddpmpp_edm       | 391k  | FID 1.97, Heun 35 NFE (Karras+22, T2)  |
+| ncsnpp_edm        | EDM, EDM loss      | ncsnpp_edm       | 391k  | FID 1.98, Heun 35 NFE (Karras+22, T2)  |
+| ddpmpp_flow       | flow, flow match.  | ddpmpp_cont      | 1.3M  | FID 2.58, RK45 (Liu+23, 1-rectified)   |
 
 Sources (each the authors' own config):
 - ncsnpp_ve(_deep): yang-song/score_sde configs/ve/cifar10_ncsnpp(_deep)_continuous.py
@@ -24,10 +27,12 @@ Sources (each the authors' own config):
 - ddpm: hojonathanho/diffusion scripts/run_cifar.py
 - ncsnv2: ermongroup/ncsnv2 configs/cifar10.yml
 - vdm: google-research/vdm configs/cifar10.py
+- ddpmpp_edm, ncsnpp_edm: NVlabs/edm train.py defaults (--precond=edm --arch=ddpmpp|ncsnpp)
+- ddpmpp_flow: gnobitab/RectifiedFlow configs/rectified_flow/cifar10_rf_gaussian_ddpmpp.py
 
-Every training and sampling value below carries the source file and field it comes from;
-tests/test_published_configs.py compares them with a table of the sources' values. The
-losses are the sources' own: score_sde's reduce_mean=False is `reduce="sum"` (1/2 x the
+Every training and sampling value of the first eight variants carries the source file and
+field it comes from; tests/test_published_configs.py compares them with a table of the
+sources' values. The losses are the sources' own: score_sde's reduce_mean=False is `reduce="sum"` (1/2 x the
 sum over dimensions, so gradient clipping at 1.0 acts at the scale the authors trained at),
 its reduce_mean=True is `reduce="mean"`. Append ",runlocal" to any variant for a
 one-minute laptop run of the same pipeline.
@@ -62,12 +67,34 @@ Where sde_lab differs from the sources (not settable from a config):
   data sit at the bin centres (-1 + (2k + 1)/256) where sde_lab's are k/255 scaled to
   [-1, 1] (losses.vdm_vlb_terms). VDM's sampler ends at t = 0 and takes the decoder's
   argmax; sde_lab's ancestral sampler ends at t_min = 1e-3 with the Tweedie mean.
+
+EDM (`_edm`): NVlabs/edm `train.py` defaults for `--arch=ddpmpp|ncsnpp --precond=edm`:
+batch 512, 200 Mimg (390,625 steps), Adam lr 1e-3 ramped linearly over 10 Mimg (19,531
+steps), EMA half-life 0.5 Mimg (0.5 ** (512 / 5e5) = 0.99929 per step), dropout 0.13, no
+gradient clipping, SongUNet with channel_mult [2, 2, 2] (the `*_edm` network sizes: EDM's
+parameter counts), loss summed over pixels, Heun with 18 levels (num_steps 17 + the final
+step = 35 NFE). Differences: EDM's non-leaky augmentation (`--augment=0.12`, with its
+9-dim augmentation conditioning) is not implemented, so these train without it, as EDM
+with `--augment=0` (and `--xflip=False`, its default: no flips); EDM ramps the EMA
+half-life up over the first 5% of images, sde_lab ramps the EMA decay as
+min(rate, (1 + step) / (10 + step)); weights are initialised as score_sde's, not with
+EDM's Xavier-uniform.
+
+Rectified flow (`ddpmpp_flow`): gnobitab/RectifiedFlow
+`configs/rectified_flow/cifar10_rf_gaussian_ddpmpp.py`: score_sde's DDPM++ cont. network
+(ddpmpp_cont) with dropout 0.15, Adam lr 2e-4 with 5,000 warmup steps, gradient clipping
+1, EMA 0.999999, batch 128, 1.3M steps, random flips, data in [-1, 1], t ~ U over the
+path, RK45 at rtol = atol = 1e-5 (here Dopri5, the same Runge-Kutta pair, in diffrax).
+Their time runs from noise (t = 0) to data (t = 1) and the network sees 999 t; here t = 0
+is data and the network sees 999 t of this direction (the same information). Lipman et
+al. 2023's flow matching (OT path) reports FID 6.35 and 2.99 bits/dim with a different
+U-Net (ADM's).
 """
 
 from configs import default, runlocal
 
 VARIANTS = ("ncsnpp_ve", "ncsnpp_ve_deep", "ddpmpp_vp", "ddpmpp_subvp", "ddpmpp_subvp_deep",
-            "ddpm", "ncsnv2", "vdm")
+            "ddpm", "ncsnv2", "vdm", "ddpmpp_edm", "ncsnpp_edm", "ddpmpp_flow")
 
 
 def _cifar10(config):
@@ -252,8 +279,48 @@ def _vdm(config):
                                               # sm_n_timesteps = 0
 
 
+def _edm(config, size):
+    """Karras et al. 2022's CIFAR-10 training (config F without augmentation; see above)."""
+    o, d = config.optim, config.data
+    config.sde.name = "edm"
+    o.optimizer, o.beta1, o.beta2, o.eps = "adam", 0.9, 0.999, 1e-8  # torch.optim.Adam
+    o.weight_decay = 0.0
+    d.centered, d.uniform_dequantization = True, False  # images in [-1, 1]
+    config.model.name, config.model.size, config.model.parameterization = "ncsnpp", size, "edm"
+    config.loss.name = "edm"
+    config.loss.edm.reduce = "sum"  # EDM sums over pixels (here 1/2 x; Adam ignores it)
+    config.train.batch_size = 512
+    config.train.num_steps = 390_625          # 200 Mimg
+    config.optim.lr = 1e-3
+    config.optim.warmup_steps = 19_531        # 10 Mimg
+    config.optim.ema_rate = 0.5 ** (512 / 500_000)  # half-life 0.5 Mimg
+    config.optim.grad_clip = 0.0
+    config.data.random_flip = False
+    config.sample.sampler = "heun"
+    config.sample.heun.num_steps = 17         # 18 levels, 35 NFE
+
+
+def _flow(config):
+    """Liu et al. 2023's 1-rectified flow with DDPM++ (gnobitab/RectifiedFlow: score_sde's
+    CIFAR-10 defaults, data centred)."""
+    _score_sde(config)
+    config.data.centered = True
+    config.sde.name = "flow"
+    m = config.model
+    m.name, m.size, m.parameterization, m.dropout = "ncsnpp", "ddpmpp_cont", "velocity", 0.15
+    config.loss.name = "flow_matching"
+    config.optim.ema_rate = 0.999999
+    config.sample.sampler = "ode"
+    ode = config.sample.ode
+    ode.solver, ode.rtol, ode.atol = "dopri5", 1e-5, 1e-5
+
+
 def _apply(config, variant):
-    if variant.startswith("ncsnpp_ve"):
+    if variant.endswith("_edm"):
+        _edm(config, variant)
+    elif variant == "ddpmpp_flow":
+        _flow(config)
+    elif variant.startswith("ncsnpp_ve"):
         _ncsnpp_ve(config, deep=variant.endswith("deep"))
     elif variant.startswith("ddpmpp"):
         _ddpmpp(config, "subvp" if "subvp" in variant else "vp", deep=variant.endswith("deep"))

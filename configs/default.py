@@ -48,8 +48,9 @@ def get_default() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 42                      # all PRNG keys derive from this and fold_in(step)
 
-    # ---- Forward SDE (sde_lab.sdes): vp | subvp | ve | cosine_vp | vdm ----
-    # Defaults are score_sde's CIFAR-10 values (VP/sub-VP beta 0.1..20, VE sigma 0.01..50);
+    # ---- Forward SDE (sde_lab.sdes): vp | subvp | ve | cosine_vp | vdm | edm | flow ----
+    # Defaults are score_sde's CIFAR-10 values (VP/sub-VP beta 0.1..20, VE sigma 0.01..50),
+    # EDM's (sigma 0.002..80 on its rho = 7 grid) and the flow path's (T = 0.999);
     # t_min is the smallest sampling time (score_sde: 1e-3 VP-type, 1e-5 VE). vdm with
     # learned=True trains VDM's schedule network (needs loss.name='vdm_vlb').
     config.sde = option_sections(sdes.REGISTRY, "sde")
@@ -59,14 +60,16 @@ def get_default() -> ml_collections.ConfigDict:
     config.model = model = ml_collections.ConfigDict()
     model.name = "ncsnpp"                 # ncsnpp | ddpm | ncsnv2 | vdm | mlp
     model.size = "digits"                 # a named size of models.sizes(name)
-    model.parameterization = "eps"        # eps | eps_gamma | score | x0 | edm
+    model.parameterization = "eps"        # eps | eps_gamma | score | x0 | edm | velocity | v
     model.dropout = -1.0                  # >= 0 overrides the size's dropout rate
     model.num_classes = 0                 # > 0: class-conditional network (labels from data)
 
-    # ---- Loss (sde_lab.losses): dsm | ddpm | smld | vdm_vlb ----
+    # ---- Loss (sde_lab.losses): dsm | ddpm | smld | vdm_vlb | edm | flow_matching ----
     # dsm: continuous-time DSM (weighting std2 | likelihood, importance_sampling, reduce
     # mean | sum, eps = smallest training time); ddpm / smld: discrete levels; vdm_vlb:
-    # VDM's continuous-time bound (its num_levels is data.num_levels).
+    # VDM's continuous-time bound (its num_levels is data.num_levels); edm: EDM's log-normal
+    # sigma and lambda(sigma) (p_mean, p_std, sigma_data); flow_matching: velocity regression
+    # with t uniform or logit-normal (time_sampling).
     config.loss = option_sections(losses.REGISTRY, "loss")
     config.loss.name = "dsm"
 

@@ -30,9 +30,15 @@ def get_config(arg: str | None = None):
     config.eval.batch_size = 250
     config.eval.feature_extractor = "digits"
     config.eval.bpd_num_passes = 1
+    return variant(config, arg, "configs/digits.py")
+
+
+def variant(config, arg: str | None, path: str):
+    """Applies the variant `arg` (None or "runlocal") to a finished digits config; the
+    digits_* family files call it after choosing their SDE, loss and sampler, so
+    :runlocal shrinks their own sampler."""
     if arg == "runlocal":
         runlocal.shrink(config)
-        config.model.size = "tiny"
     elif arg:
-        raise ValueError(f"configs/digits.py: unknown variant '{arg}'; available: ['runlocal']")
+        raise ValueError(f"{path}: unknown variant '{arg}'; available: ['runlocal']")
     return config

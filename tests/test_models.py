@@ -4,7 +4,7 @@ FIR resampling identities, and that a tiny network trains with the DSM loss.
 Parameter counts come from two independent sources: the numbers published in score_sde's
 README/paper table (62.8M, 107.6M, 61.8M, 106.6M, 35.2M; DESIGN.md) and exact integers
 counted by running score_sde's own Flax models (yang-song/score_sde, models/*.py with the
-configs named below) under `jax.eval_shape`. Big networks are only traced
+configs named below) under `jax.eval_shape`, and EDM's PyTorch SongUNet for its sizes. Big networks are only traced
 (`jax.eval_shape`), never materialised.
 """
 
@@ -35,6 +35,11 @@ PUBLISHED = [
     ("ncsnpp", "ddpmpp_cont", 32, 61.8, 61_804_419),         # vp/cifar10_ddpmpp_continuous
     ("ncsnpp", "ddpmpp_cont_deep", 32, 106.6, 106_632_579),  # vp/cifar10_ddpmpp_deep_continuous
     ("ddpm", "cifar10", 32, 35.2, 35_218_947),               # vp/ddpm/cifar10
+    # NVlabs/edm training/networks.py SongUNet as train.py builds it for --arch=ddpmpp /
+    # ncsnpp, counted with torch (NCSN++: 56,395,523 + 128 Fourier frequencies, a buffer
+    # in EDM, a parameter here).
+    ("ncsnpp", "ddpmpp_edm", 32, None, 55_732_739),
+    ("ncsnpp", "ncsnpp_edm", 32, None, 56_395_651),
     ("ncsnv2", "cifar10", 32, None, 33_970_563),             # ve/ncsnv2/cifar10 (ncsnv2_64)
     ("ncsnv2", "bedroom128", 128, None, 83_445_379),         # ve/ncsnv2/bedroom (ncsnv2_128)
     ("ncsnpp", "ncsnpp_256", 256, None, 65_574_549),         # ve/church_ncsnpp_continuous

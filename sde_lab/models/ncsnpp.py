@@ -234,6 +234,12 @@ SIZES: dict[str, dict] = {
     "ncsnpp_cont_deep": dict(_NCSNPP_CONT, num_res_blocks=8),      # 107.6M
     "ddpmpp_cont": _DDPMPP_CONT,                                   # 61.8M, VP/sub-VP
     "ddpmpp_cont_deep": dict(_DDPMPP_CONT, num_res_blocks=8),      # 106.6M
+    # EDM's CIFAR-10 networks (Karras et al. 2022, NVlabs/edm train.py --arch=ddpmpp /
+    # ncsnpp): the same blocks with channel_mult [2, 2, 2] (no 4x4 level, 256 channels at
+    # 32x32) and dropout 0.13. Counts equal EDM's SongUNet: 55,732,739 and 56,395,523 + the
+    # 128 Fourier frequencies (a buffer there, a parameter here).
+    "ddpmpp_edm": dict(_DDPMPP_CONT, ch_mult=(2, 2, 2), dropout=0.13),   # 55.7M
+    "ncsnpp_edm": dict(_NCSNPP_CONT, ch_mult=(2, 2, 2), dropout=0.13),   # 56.4M
     # 64x64 CelebA: the architecture of configs/ve/celeba_ncsnpp.py, with the continuous
     # (Fourier) embedding of the CIFAR-10 models.
     "ncsnpp_64": _NCSNPP_CONT,
