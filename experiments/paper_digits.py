@@ -29,6 +29,9 @@ Comparisons (the trained arms share the VP / std^2 / eps arm):
      the FID's own sampling noise.
   4. Parameterization on VP: eps vs x0 vs EDM preconditioning (same loss, same network).
 
+The learning rate stays constant after the warm-up (score_sde's schedule, and the default
+run's until the cosine decay of issue #15, which came from this sweep's time).
+
 Cost (chosen to fit ~90 minutes on 2 cores): STEPS = 600 training steps per arm (the
 default run: 2,000), bits/dim on the first BPD_EXAMPLES test images for comparisons 1 and 2
 only, N = 100 predictor steps (score_sde: 1,000).
@@ -80,7 +83,8 @@ def _sizes(runlocal: bool) -> dict:
 def _fixed(s: dict) -> dict:
     """Overrides shared by every run of both stages (the run-defining ones must match)."""
     return {"train.num_steps": s["steps"], "train.batch_size": s["batch"],
-            "train.checkpoint_every_steps": 0, "eval.bpd_num_examples": s["bpd_examples"]}
+            "optim.schedule": "constant", "train.checkpoint_every_steps": 0,
+            "eval.bpd_num_examples": s["bpd_examples"]}
 
 
 def train_runs(s: dict) -> list[dict]:
@@ -130,7 +134,8 @@ def _cost(run: dict) -> float:
     sampler = run["sample.sampler"]
     if sampler == "ode":
         return 150.0
-    steps = next(v for k, v in run.items() if k.endswith(".num_steps"))
+    steps = next(v for k, v in run.items()
+                 if k.startswith("sample.") and k.endswith(".num_steps"))
     nfe = {"pc": 2, "heun": 2}.get(sampler, 1) * steps
     return nfe * run.get("eval.num_samples", 1000) / 1000
 
@@ -207,11 +212,13 @@ def _sampler_label(overrides: dict) -> str:
 
 
 def sampler_rows(root: pathlib.Path, variant: str | None) -> list[dict]:
-    s, results = _load(root, variant)
+    _, results = _load(root, variant)
     rows = []
     for run, result in results:
         o = run.overrides
-        rows.append({"sde": o["sde.name"], "sampler": _sampler_label(o),
+        steps = next((v for k, v in o.items() if k.startswith("sample.")
+                      and k.endswith(".num_steps")), None)
+        rows.append({"sde": o["sde.name"], "sampler": _sampler_label(o), "steps": steps,
                      "num_samples": o.get("eval.num_samples"),
                      "nfe": result and result.get("nfe_per_sample"),
                      "fid": result and result.get("fid"), "run": run,
@@ -245,13 +252,20 @@ def fid_noise(root: pathlib.Path, row: dict, config: str, chunk: int) -> list[fl
 
 
 def sampler_table(rows: list[dict]) -> str:
-    out = ["| SDE | sampler | NFE | FID | sampling s |", "|---|---|---|---|---|"]
+    """One row per sampler and step count, one column per SDE: 'FID (NFE)'."""
+    sdes = list(dict.fromkeys(r["sde"] for r in rows))
+    cells: dict[tuple, dict] = {}
     for r in rows:
         if r["num_samples"] is not None:  # the FID-noise run
             continue
-        fid = f"{r['fid']:.1f}" if isinstance(r["fid"], float) else "-"
-        out.append(f"| {r['sde']} | {r['sampler']} | {r['nfe'] or '-'} | {fid} | "
-                   f"{r['seconds'] or '-'} |")
+        fid = f"{r['fid']:.1f} ({r['nfe']})" if isinstance(r["fid"], float) else "-"
+        cells.setdefault((r["sampler"], r["steps"]), {})[r["sde"]] = fid
+    out = ["| sampler | steps | " + " | ".join(f"{s}: FID (NFE)" for s in sdes) + " |",
+           "|---|---|" + "---|" * len(sdes)]
+    for (sampler, steps), by_sde in sorted(cells.items(), key=lambda kv: (
+            kv[0][0], kv[0][1] or 0)):
+        out.append(f"| {sampler} | {steps or 'adaptive'} | "
+                   + " | ".join(by_sde.get(s, "") for s in sdes) + " |")
     return "\n".join(out) + "\n"
 
 
@@ -277,7 +291,8 @@ def plot(rows: list[dict], path: str) -> None:
         ax.set_title(sde)
         ax.grid(True, which="both", alpha=0.3)
     axes[0][0].set_ylabel("digits FID (1,000 samples)")
-    axes[0][-1].legend(fontsize=8)
+    if axes[0][-1].get_legend_handles_labels()[0]:
+        axes[0][-1].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
