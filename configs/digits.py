@@ -21,6 +21,9 @@ def get_config(arg: str | None = None):
     config.train.checkpoint_every_steps = 500
     config.optim.lr = 2e-3
     config.optim.warmup_steps = 200
+    # Cosine decay to 0 after the warm-up: digits FID 25.8 vs 29.1 for the constant rate,
+    # bits/dim 2.326 vs 2.317 (+- 0.015), same cost (one run each on an H200; see README).
+    config.optim.schedule = "cosine"
     config.optim.ema_rate = 0.999
     config.sample.sampler = "dpm_solver++"
     config.sample.dpm_solver_pp.num_steps = 50
