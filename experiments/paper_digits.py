@@ -72,7 +72,8 @@ ARM_LABELS = {"vp": "VP", "subvp": "sub-VP", "ve": "VE (sigma_max 10)",
 
 def _sizes(runlocal: bool) -> dict:
     if runlocal:
-        return dict(steps=4, batch=8, bpd_examples=4, n_predictor=3, nfes=(4,),
+        # n_predictor 25: VP's DDPM chain (reverse diffusion) needs beta(t) dt < 1.
+        return dict(steps=4, batch=8, bpd_examples=4, n_predictor=25, nfes=(4,),
                     config="configs/digits.py:runlocal", samples=16, noise_samples=32,
                     eval_batch=8, ode_tol=1e-2)
     return dict(steps=STEPS, batch=BATCH, bpd_examples=BPD_EXAMPLES,

@@ -60,5 +60,5 @@ def test_runlocal_sweep_runs_end_to_end(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     for label in paper_digits.ARM_LABELS.values():
         assert f"| {label} |" in out
-    assert "FID noise" in out and "| PC (reverse diffusion + Langevin) | 3 |" in out
+    assert "FID noise" in out and "| PC (reverse diffusion + Langevin) | 25 |" in out
     assert plot.stat().st_size > 0
