@@ -26,6 +26,12 @@ would collide are an error. Each run executes
 `"fixed": {"eval.source_workdir": "<a trained run>", ...}` each run evaluates that run's
 checkpoints with its own overrides (e.g. one sampler per run) and writes its results in
 its own workdir; such a run is complete when `eval/<train.num_steps>.json` exists.
+`{root}` in a string value is replaced by the sweep's root directory, so an eval sweep
+can name the runs of a training sweep under the same `--root`
+(`"eval.source_workdir": "{root}/sde.name=ve,seed=0"`).
+
+A sweep file may take a variant, as config files do: `experiments/x.py:runlocal` calls
+`get_sweep("runlocal")` (`get_sweep()` without one).
 
 Commands:
 
@@ -123,7 +129,9 @@ class Sweep:
 
 
 def load_sweep(path: str | pathlib.Path) -> Sweep:
-    """Imports `path`, calls its `get_sweep()` and expands it into runs (see module doc)."""
+    """Imports `path` (`file.py[:variant]`), calls its `get_sweep([variant])` and expands it
+    into runs (see module doc)."""
+    path, _, variant = str(path).partition(":")
     path = pathlib.Path(path)
     if not path.is_file():
         raise ValueError(f"sweep file {str(path)!r} does not exist")
@@ -141,7 +149,7 @@ def load_sweep(path: str | pathlib.Path) -> Sweep:
     if not callable(getattr(module, "get_sweep", None)):
         raise ValueError(f"{path} must define get_sweep() returning a dict with keys {SPEC_KEYS}")
     try:
-        spec = module.get_sweep()
+        spec = module.get_sweep(variant) if variant else module.get_sweep()
     except Exception as e:
         raise ValueError(f"{path}: get_sweep() failed: {type(e).__name__}: {e}") from None
     return expand(spec, name=path.stem)
@@ -235,11 +243,16 @@ def run_name(overrides: dict[str, Any]) -> str:
 
 def command(run: Run, config: str, root: pathlib.Path, python: str = sys.executable,
             main: str = "main.py", mode: str = "train") -> list[str]:
-    """argv of the run: python main.py --config C --workdir W [--mode M] --config.k=v ..."""
+    """argv of the run: python main.py --config C --workdir W [--mode M] --config.k=v ...
+    (`{root}` in a string value becomes `root`)."""
     argv = [python, main, "--config", config, "--workdir", str(run.workdir(root))]
     if mode != "train":
         argv += ["--mode", mode]
-    return argv + [f"--config.{k}={format_value(v)}" for k, v in run.overrides.items()]
+
+    def value(v):
+        return v.replace("{root}", str(root)) if isinstance(v, str) else format_value(v)
+
+    return argv + [f"--config.{k}={value(v)}" for k, v in run.overrides.items()]
 
 
 def _config_num_steps(config: str, overrides: dict[str, Any]) -> int | None:
@@ -389,11 +402,12 @@ def latest_eval(workdir: pathlib.Path) -> dict | None:
         return None
 
 
-def run_status(run: Run, root: pathlib.Path) -> str:
+def run_status(run: Run, root: pathlib.Path, mode: str = "train") -> str:
     workdir = run.workdir(root)
     if not workdir.exists():
         return "missing"
-    if workdir_lib.done_steps(str(workdir)) is not None:
+    if (is_evaluated(workdir, None) if mode == "eval"
+            else workdir_lib.done_steps(str(workdir)) is not None):
         return "done"
     status = root / "logs" / f"{run.name}.status"
     if status.exists() and status.read_text().strip() not in ("", "0"):
@@ -410,7 +424,7 @@ def report_rows(sweep: Sweep, root: pathlib.Path, metric: str | None = None,
     for run in sweep.runs:
         row = {"run": run.name, **{k: format_value(run.overrides[k]) for k in swept
                                    if k in run.overrides},
-               "status": run_status(run, root)}
+               "status": run_status(run, root, sweep.mode)}
         result = latest_eval(run.workdir(root))
         if result is None:
             if row["status"] in ("done", "incomplete"):
@@ -518,7 +532,7 @@ def check_runs(sweep: Sweep) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0].endswith(".py"):  # `python -m sde_lab.sweep FILE ...` means `run`
+    if argv and argv[0].partition(":")[0].endswith(".py"):  # `sweep FILE ...` means `run`
         argv.insert(0, "run")
     args = _parser().parse_args(argv)
     try:

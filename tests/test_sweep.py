@@ -140,6 +140,28 @@ def test_example_sweep_has_four_runs():
     assert len(s.runs) == 4 and len({r.name for r in s.runs}) == 4
 
 
+def test_variant_and_root_placeholder(repo, tmp_path):
+    """`file.py:variant` calls get_sweep(variant); `{root}` in a value becomes the root, so
+    an eval sweep can name a training sweep's runs."""
+    path = repo / "experiments" / "two.py"
+    path.write_text("def get_sweep(variant=None):\n"
+                    "    runs = [{'sde.name': variant or 'vp', 'eval.source_workdir': '{root}/a'}]\n"
+                    "    return {'config': 'configs/toy.py', 'runs': runs}\n")
+    assert sweep.load_sweep(path).runs[0].overrides["sde.name"] == "vp"
+    s = sweep.load_sweep(f"{path}:ve")
+    assert s.name == "two" and s.runs[0].overrides["sde.name"] == "ve"
+    argv = sweep.command(s.runs[0], s.config, tmp_path / "r", python="py")
+    assert f"--config.eval.source_workdir={tmp_path / 'r'}/a" in argv
+
+
+def test_eval_mode_runs_are_done_when_evaluated(tmp_path):
+    s = sweep.expand({"config": "c.py", "mode": "eval", "runs": [{"a": 1}]})
+    (tmp_path / "a=1" / "eval").mkdir(parents=True)
+    assert sweep.run_status(s.runs[0], tmp_path, "eval") == "incomplete"
+    (tmp_path / "a=1" / "eval" / "7.json").write_text("{}")
+    assert sweep.run_status(s.runs[0], tmp_path, "eval") == "done"
+
+
 # -- completion and the local launcher -------------------------------------------------------
 
 def test_is_complete(tmp_path):
