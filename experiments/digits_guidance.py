@@ -8,7 +8,8 @@ its wall time and `uptime`:
   1. python main.py --config configs/digits_conditional.py --workdir W        # train + eval
   2. for each (guidance, scale) in GRID:
      python main.py --config configs/digits_conditional.py --workdir W --mode eval \\
-         --config.sample.guidance=G --config.sample.guidance_scale=S --config.eval.enable_bpd=False
+         --config.eval.checkpoints=<last step> --config.sample.guidance=G \\
+         --config.sample.guidance_scale=S --config.eval.enable_bpd=False
      with, before the first classifier-guided one,
      python main.py --config configs/digits_conditional.py --workdir W --mode train_classifier
 
@@ -116,7 +117,8 @@ def main(argv=None) -> int:
     for method, scale in GRID:
         if method == "classifier" and "train_classifier" not in times:
             times["train_classifier"] = _main(w, "--mode", "train_classifier")
-        seconds = _main(w, "--mode", "eval", f"--config.sample.guidance={method}",
+        seconds = _main(w, "--mode", "eval", f"--config.eval.checkpoints={step}",
+                        f"--config.sample.guidance={method}",
                         f"--config.sample.guidance_scale={scale}",
                         "--config.eval.enable_bpd=False")
         result = json.load(open(os.path.join(w, "eval", f"{step}.json")))
