@@ -286,7 +286,7 @@ _Y = jnp.zeros((4, 2))
                              jnp.array([1.0, 0.0]), method="dps"), r"unknown method 'dps'"),
     (lambda: inverse.inpaint(jax.random.PRNGKey(0), _SDE, GM.score_fn(_SDE), _Y,
                              jnp.array([1.0, 0.0]), sampler="ode"),
-     r"inpaint: sampler 'ode': unknown options \['project_fn'\]"),
+     r"inpaint: sampler 'ode': unknown option\(s\) \['project_fn'\]"),
     (lambda: inverse.inpaint(jax.random.PRNGKey(0), _SDE, GM.score_fn(_SDE), _Y,
                              jnp.array([1.0, 0.0]),
                              sampler_options={"project_fn": lambda x, t, k: x}),

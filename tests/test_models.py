@@ -162,7 +162,7 @@ def test_ncsnpp_variant_forward_runs():
 
 
 def test_registry_errors_name_the_choices():
-    with pytest.raises(ValueError, match=r"unknown model 'nope'; available: \['ddpm'"):
+    with pytest.raises(ValueError, match=r"unknown model 'nope'; available: \['classifier', 'ddpm'"):
         models.make("nope")
     with pytest.raises(ValueError, match="unknown size 'huge'.*ncsnpp_cont"):
         models.make("ncsnpp", size="huge")

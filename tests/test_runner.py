@@ -225,7 +225,7 @@ def test_non_finite_loss_stops_without_overwriting_the_good_checkpoint(tmp_path,
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--config.sde.name=vpp"], "sde.name='vpp' is not valid; choose from ['cosine_vp', 'subvp',"),
+    (["--config.sde.name=vpp"], "sde.name='vpp' is not valid; choose from ['cosine_vp', 'edm',"),
     (["--config.model.name=unet"], "model.name='unet' is not valid; choose from"),
     (["--config.sample.sampler=rk4"], "sample.sampler='rk4' is not valid; choose from"),
     (["--config.sample.sampler=unipc", "--config.sample.unipc.order=7"],

@@ -375,7 +375,7 @@ def test_project_fn_is_applied_at_each_grid_time():
 
 @pytest.mark.parametrize("name, options, match", [
     ("euler", {}, r"unknown sampler 'euler'; available: \['ancestral', 'ddim'"),
-    ("ode", {"num_steps": 10}, r"unknown options \['num_steps'\]; valid options"),
+    ("ode", {"num_steps": 10}, r"unknown option\(s\) \['num_steps'\]; valid options"),
     ("pc", {"predictor": "rk4"}, r"pc: unknown predictor 'rk4'; available: \["),
     ("pc", {"corrector": "hmc"}, r"unknown corrector 'hmc'; available: \['annealed_langevin'"),
     ("pc", {"snr": 0.0}, "snr must be > 0"),

@@ -429,7 +429,7 @@ def test_bad_network_input_fails_before_compilation():
 
 def test_registry_rejects_unknown_names():
     assert models.sizes("vdm") == ["cifar10", "tiny"]
-    with pytest.raises(ValueError, match=r"unknown model 'vdn'; available: \['ddpm', 'mlp', 'ncsnpp', 'ncsnv2', 'vdm'\]"):
+    with pytest.raises(ValueError, match=r"unknown model 'vdn'; available: \['classifier', 'ddpm', 'mlp', 'ncsnpp', 'ncsnv2', 'vdm'\]"):
         models.make("vdn")
     with pytest.raises(ValueError, match=r"unknown size 'cifar' for model 'vdm'; available: "
                                          r"\['cifar10', 'tiny'\]"):
