@@ -34,6 +34,9 @@ class DDPM(nn.Module):
       resamp_with_conv: learnable 3x3 convs in the resampling layers.
       nonlinearity: "swish" | "elu" | "relu" | "lrelu".
       num_classes: >0 adds a class-label embedding to the timestep embedding.
+      dtype: compute dtype, "float32" or "bfloat16" (see `layers`); the output is float32.
+      param_dtype: dtype the parameters are stored in ("float32").
+      remat: recompute residual-block activations in the backward pass (`nn.remat`).
     """
 
     nf: int = 128
@@ -44,8 +47,12 @@ class DDPM(nn.Module):
     resamp_with_conv: bool = True
     nonlinearity: str = "swish"
     num_classes: int = 0
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    remat: bool = False
 
     def __post_init__(self):
+        layers.check_dtypes(self.dtype, self.param_dtype)
         layers.check_choice("nonlinearity", self.nonlinearity, layers.ACTIVATIONS)
         if not self.ch_mult or self.nf < 1 or self.num_res_blocks < 1:
             raise ValueError("DDPM needs nf >= 1, num_res_blocks >= 1 and a non-empty ch_mult")
@@ -61,25 +68,29 @@ class DDPM(nn.Module):
         if y is not None and not self.num_classes:
             raise ValueError("labels y given but num_classes=0; build with num_classes > 0")
         act = layers.get_act(self.nonlinearity)
+        dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         temb = layers.timestep_embedding(t, self.nf)
-        temb = nn.Dense(4 * self.nf, kernel_init=layers.default_init())(temb)
-        temb = nn.Dense(4 * self.nf, kernel_init=layers.default_init())(act(temb))
+        temb = nn.Dense(4 * self.nf, kernel_init=layers.default_init(), **dt)(temb)
+        temb = nn.Dense(4 * self.nf, kernel_init=layers.default_init(), **dt)(act(temb))
         if self.num_classes:
-            temb = temb + layers.LabelEmbedding(self.num_classes, 4 * self.nf)(y, x.shape[0])
+            temb = temb + layers.LabelEmbedding(self.num_classes, 4 * self.nf,
+                                                param_dtype=self.param_dtype)(y, x.shape[0])
 
-        ResBlock = functools.partial(layers.ResnetBlockDDPM, act=act, dropout=self.dropout)
-        hs = [layers.conv(x, self.nf)]
+        ResBlock = functools.partial(layers.ResnetBlockDDPM, act=act, dropout=self.dropout,
+                                     remat=self.remat, **dt)
+        Attn = functools.partial(layers.AttnBlock, **dt)
+        hs = [layers.conv(x, self.nf, **dt)]
         for level in range(num_levels):
             for _ in range(self.num_res_blocks):
                 h = ResBlock(out_ch=self.nf * self.ch_mult[level])(hs[-1], temb, train)
                 if h.shape[1] in self.attn_resolutions:
-                    h = layers.AttnBlock()(h)
+                    h = Attn()(h)
                 hs.append(h)
             if level != num_levels - 1:
-                hs.append(layers.Downsample(with_conv=self.resamp_with_conv)(hs[-1]))
+                hs.append(layers.Downsample(with_conv=self.resamp_with_conv, **dt)(hs[-1]))
 
         h = ResBlock()(hs[-1], temb, train)
-        h = layers.AttnBlock()(h)
+        h = Attn()(h)
         h = ResBlock()(h, temb, train)
 
         for level in reversed(range(num_levels)):
@@ -87,11 +98,12 @@ class DDPM(nn.Module):
                 h = ResBlock(out_ch=self.nf * self.ch_mult[level])(
                     jnp.concatenate([h, hs.pop()], axis=-1), temb, train)
             if h.shape[1] in self.attn_resolutions:
-                h = layers.AttnBlock()(h)
+                h = Attn()(h)
             if level != 0:
-                h = layers.Upsample(with_conv=self.resamp_with_conv)(h)
+                h = layers.Upsample(with_conv=self.resamp_with_conv, **dt)(h)
 
-        return layers.conv(act(layers.group_norm(h)), x.shape[-1], init_scale=0.0)
+        h = act(layers.group_norm(h, **dt))
+        return layers.conv(h, x.shape[-1], init_scale=0.0, **dt).astype(jnp.float32)
 
 
 SIZES: dict[str, dict] = {

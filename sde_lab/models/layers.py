@@ -9,12 +9,24 @@ PyTorch code), because they shape early training:
 * `ncsn_conv`: PyTorch's default, uniform with bound sqrt(1 / fan_in) for kernel and bias.
 
 All image tensors are NHWC: `[B, H, W, C]`.
+
+Mixed precision (Flax's convention): every module takes `dtype`, the dtype of the
+computation (convolutions, matmuls, activations), and `param_dtype`, the dtype parameters
+are stored in (float32 by default; an optimizer then updates float32 weights that are cast
+to `dtype` at each use). What bfloat16's 8-bit mantissa cannot carry stays in float32:
+GroupNorm statistics, attention logits and their softmax, sinusoidal/Fourier embedding
+arguments (t up to 999 or 2 pi 16 log sigma: a bfloat16 phase would be off by radians).
+The networks cast their output to float32, so losses are computed in float32.
+
+`remat=True` on the residual blocks (`nn.remat`) recomputes their activations in the
+backward pass instead of storing them: less memory for about one more forward pass of
+compute. Parameters and outputs are unchanged.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -22,6 +34,21 @@ import jax.numpy as jnp
 import numpy as np
 
 Array = jax.Array
+Dtype = Any  # a jnp dtype or its name ("float32", "bfloat16")
+
+COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def check_dtypes(dtype: Dtype, param_dtype: Dtype) -> None:
+    """Raises ValueError unless both name floating dtypes sde_lab supports."""
+    for option, value in (("dtype", dtype), ("param_dtype", param_dtype)):
+        try:
+            name = jnp.dtype(value).name
+        except TypeError:
+            name = None
+        if name not in COMPUTE_DTYPES:
+            raise ValueError(f"{option}={value!r} is not valid; choose from "
+                             f"{list(COMPUTE_DTYPES)}")
 
 ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
     "swish": nn.swish,
@@ -59,16 +86,20 @@ def default_init(scale: float = 1.0):
 
 
 def conv(x: Array, features: int, kernel: int = 3, stride: int = 1, init_scale: float = 1.0,
-         use_bias: bool = True) -> Array:
+         use_bias: bool = True, dtype: Dtype = jnp.float32,
+         param_dtype: Dtype = jnp.float32) -> Array:
     """kxk 'SAME' convolution with DDPM initialisation (zero bias). Call inside @compact."""
     return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding="SAME",
                    use_bias=use_bias, kernel_init=default_init(init_scale),
-                   bias_init=jax.nn.initializers.zeros)(x)
+                   bias_init=jax.nn.initializers.zeros, dtype=dtype,
+                   param_dtype=param_dtype)(x)
 
 
-def nin(x: Array, features: int, init_scale: float = 0.1) -> Array:
+def nin(x: Array, features: int, init_scale: float = 0.1, dtype: Dtype = jnp.float32,
+        param_dtype: Dtype = jnp.float32) -> Array:
     """1x1 'network in network' projection over channels (DDPM's `nin`)."""
-    return nn.Dense(features, kernel_init=default_init(init_scale))(x)
+    return nn.Dense(features, kernel_init=default_init(init_scale), dtype=dtype,
+                    param_dtype=param_dtype)(x)
 
 
 def num_groups(channels: int) -> int:
@@ -80,9 +111,47 @@ def num_groups(channels: int) -> int:
     return g
 
 
-def group_norm(x: Array) -> Array:
+class GroupNorm(nn.Module):
+    """GroupNorm (Wu & He 2018) of NHWC-style inputs [B, ..., C]: what flax.linen.GroupNorm
+    computes, with the same parameters ("scale" [C], "bias" [C]) and epsilon.
+
+    y = (x - mean_g) * rsqrt(var_g + eps) * scale + bias, with the mean and variance of
+    each example's group g of C / num_groups channels over all positions, computed in
+    float32 whatever `dtype` is (var = E[x^2] - E[x]^2 clipped at 0: one pass over x,
+    flax's "fast variance"). Unlike flax's version the per-channel statistics are
+    broadcast, not `jnp.repeat`ed, and the affine map is folded into one multiplier per
+    (example, channel), so XLA fuses the normalisation into a single elementwise pass
+    (forward and backward) over x.
+    """
+
+    num_groups: int = 32
+    epsilon: float = 1e-6
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        c, g = x.shape[-1], self.num_groups
+        if c % g:
+            raise ValueError(f"GroupNorm: num_groups={g} must divide the {c} channels")
+        batch = x.shape[0]
+        grouped = x.astype(jnp.float32).reshape(batch, -1, g, c // g)
+        mean = jnp.mean(grouped, axis=(1, 3))                              # [B, G]
+        var = jnp.maximum(jnp.mean(jnp.square(grouped), axis=(1, 3)) - jnp.square(mean), 0.0)
+        scale = self.param("scale", jax.nn.initializers.ones, (c,), self.param_dtype)
+        bias = self.param("bias", jax.nn.initializers.zeros, (c,), self.param_dtype)
+        mul = (jax.lax.rsqrt(var + self.epsilon)[:, :, None]
+               * scale.astype(jnp.float32).reshape(1, g, c // g))           # [B, G, C/G]
+        per_channel = (batch,) + (1,) * (x.ndim - 2) + (c,)
+        mean = jnp.broadcast_to(mean[:, :, None], (batch, g, c // g)).reshape(per_channel)
+        bias = bias.astype(jnp.float32).reshape((1,) * (x.ndim - 1) + (c,))
+        y = (x.astype(jnp.float32) - mean) * mul.reshape(per_channel) + bias
+        return y.astype(self.dtype)
+
+
+def group_norm(x: Array, dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32) -> Array:
     """GroupNorm over num_groups(C) groups (32 groups from 128 channels)."""
-    return nn.GroupNorm(num_groups=num_groups(x.shape[-1]))(x)
+    return GroupNorm(num_groups=num_groups(x.shape[-1]), dtype=dtype, param_dtype=param_dtype)(x)
 
 
 def timestep_embedding(t: Array, dim: int, max_positions: float = 10000.0) -> Array:
@@ -106,11 +175,14 @@ class GaussianFourierProjection(nn.Module):
 
     embedding_size: int = 256
     scale: float = 1.0
+    param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, t: Array) -> Array:
-        w = self.param("W", jax.nn.initializers.normal(stddev=self.scale), (self.embedding_size,))
-        proj = t[:, None] * jax.lax.stop_gradient(w)[None, :] * (2 * np.pi)
+        w = self.param("W", jax.nn.initializers.normal(stddev=self.scale), (self.embedding_size,),
+                       self.param_dtype)
+        w = jax.lax.stop_gradient(w).astype(jnp.float32)
+        proj = t.astype(jnp.float32)[:, None] * w[None, :] * (2 * np.pi)  # phases in float32
         return jnp.concatenate([jnp.sin(proj), jnp.cos(proj)], axis=-1)
 
 
@@ -124,15 +196,20 @@ class AttnBlock(nn.Module):
 
     skip_rescale: bool = False
     init_scale: float = 0.0
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         b, h, w, c = x.shape
-        y = group_norm(x)
-        q, k, v = nin(y, c), nin(y, c), nin(y, c)
-        logits = jnp.einsum("bhwc,bHWc->bhwHW", q, k).reshape(b, h, w, h * w) * c**-0.5
-        weights = jax.nn.softmax(logits, axis=-1).reshape(b, h, w, h, w)
-        y = nin(jnp.einsum("bhwHW,bHWc->bhwc", weights, v), c, init_scale=self.init_scale)
+        dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        y = group_norm(x, **dt).reshape(b, h * w, c)
+        q, k, v = nin(y, c, **dt), nin(y, c, **dt), nin(y, c, **dt)
+        # Logits and softmax in float32: exp amplifies a logit's bfloat16 rounding.
+        logits = jnp.einsum("bic,bjc->bij", q, k, preferred_element_type=jnp.float32)
+        weights = jax.nn.softmax(logits * c**-0.5, axis=-1).astype(self.dtype)
+        y = nin(jnp.einsum("bij,bjc->bic", weights, v), c, init_scale=self.init_scale, **dt)
+        y = y.reshape(b, h, w, c)
         return (x + y) / np.sqrt(2.0) if self.skip_rescale else x + y
 
 
@@ -217,11 +294,14 @@ class FIRConv(nn.Module):
     down: bool = False
     fir_kernel: tuple[int, ...] = (1, 3, 3, 1)
     kernel: int = 3
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         w = self.param("kernel", default_init(),
-                       (self.kernel, self.kernel, x.shape[-1], self.features))
+                       (self.kernel, self.kernel, x.shape[-1], self.features), self.param_dtype)
+        x, w = x.astype(self.dtype), w.astype(self.dtype)
         dn = ("NHWC", "HWIO", "NHWC")
         if self.up:
             k1 = _fir_kernel(self.fir_kernel, gain=4.0)
@@ -235,8 +315,8 @@ class FIRConv(nn.Module):
             x = jax.lax.conv_general_dilated(x, w, (2, 2), "VALID", dimension_numbers=dn)
         else:
             x = jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=dn)
-        bias = self.param("bias", jax.nn.initializers.zeros, (self.features,))
-        return x + bias.reshape(1, 1, 1, -1)
+        bias = self.param("bias", jax.nn.initializers.zeros, (self.features,), self.param_dtype)
+        return x + bias.astype(self.dtype).reshape(1, 1, 1, -1)
 
 
 class Upsample(nn.Module):
@@ -246,15 +326,18 @@ class Upsample(nn.Module):
     with_conv: bool = False
     fir: bool = False
     fir_kernel: tuple[int, ...] = (1, 3, 3, 1)
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         out_ch = self.out_ch or x.shape[-1]
+        dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         if not self.fir:
             h = naive_upsample_2d(x)
-            return conv(h, out_ch) if self.with_conv else h
+            return conv(h, out_ch, **dt) if self.with_conv else h
         if self.with_conv:
-            return FIRConv(out_ch, up=True, fir_kernel=self.fir_kernel)(x)
+            return FIRConv(out_ch, up=True, fir_kernel=self.fir_kernel, **dt)(x)
         return upsample_2d(x, self.fir_kernel)
 
 
@@ -265,15 +348,18 @@ class Downsample(nn.Module):
     with_conv: bool = False
     fir: bool = False
     fir_kernel: tuple[int, ...] = (1, 3, 3, 1)
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         out_ch = self.out_ch or x.shape[-1]
+        dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         if not self.fir:
             # TF-style SAME padding for stride 2 pads (0, 1), as in DDPM/score_sde.
-            return conv(x, out_ch, stride=2) if self.with_conv else naive_downsample_2d(x)
+            return conv(x, out_ch, stride=2, **dt) if self.with_conv else naive_downsample_2d(x)
         if self.with_conv:
-            return FIRConv(out_ch, down=True, fir_kernel=self.fir_kernel)(x)
+            return FIRConv(out_ch, down=True, fir_kernel=self.fir_kernel, **dt)(x)
         return downsample_2d(x, self.fir_kernel)
 
 
@@ -282,11 +368,22 @@ class Downsample(nn.Module):
 # ----------------------------------------------------------------------------------------
 
 
-def _add_temb(h: Array, temb: Array | None, act) -> Array:
+def _add_temb(h: Array, temb: Array | None, act, dt: dict) -> Array:
     """Adds a per-channel bias computed from the conditioning embedding [B, E]."""
     if temb is None:
         return h
-    return h + nn.Dense(h.shape[-1], kernel_init=default_init())(act(temb))[:, None, None, :]
+    return h + nn.Dense(h.shape[-1], kernel_init=default_init(), **dt)(act(temb))[:, None, None, :]
+
+
+def checkpointed(block: nn.Module, body: Callable, *args):
+    """body(block, *args), with activations recomputed in the backward pass if block.remat.
+
+    The last argument (`train`, a Python bool) is static. Lifting the body rather than
+    the module class keeps the block's name, so parameters are the same either way.
+    """
+    if not block.remat:
+        return body(block, *args)
+    return nn.remat(body, static_argnums=(len(args),))(block, *args)
 
 
 class ResnetBlockDDPM(nn.Module):
@@ -302,16 +399,23 @@ class ResnetBlockDDPM(nn.Module):
     dropout: float = 0.1
     skip_rescale: bool = False
     init_scale: float = 0.0
+    remat: bool = False
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    def __call__(self, x: Array, temb: Array | None = None, train: bool = False) -> Array:
+        return checkpointed(self, type(self)._block, x, temb, train)
 
     @nn.compact
-    def __call__(self, x: Array, temb: Array | None = None, train: bool = False) -> Array:
+    def _block(self, x: Array, temb: Array | None, train: bool) -> Array:
         out_ch = self.out_ch or x.shape[-1]
-        h = conv(self.act(group_norm(x)), out_ch)
-        h = _add_temb(h, temb, self.act)
-        h = nn.Dropout(self.dropout)(self.act(group_norm(h)), deterministic=not train)
-        h = conv(h, out_ch, init_scale=self.init_scale)
+        dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        h = conv(self.act(group_norm(x, **dt)), out_ch, **dt)
+        h = _add_temb(h, temb, self.act, dt)
+        h = nn.Dropout(self.dropout)(self.act(group_norm(h, **dt)), deterministic=not train)
+        h = conv(h, out_ch, init_scale=self.init_scale, **dt)
         if x.shape[-1] != out_ch:
-            x = nin(x, out_ch)
+            x = nin(x, out_ch, **dt)
         return (x + h) / np.sqrt(2.0) if self.skip_rescale else x + h
 
 
@@ -331,6 +435,9 @@ class ResnetBlockBigGAN(nn.Module):
     fir_kernel: tuple[int, ...] = (1, 3, 3, 1)
     skip_rescale: bool = True
     init_scale: float = 0.0
+    remat: bool = False
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
 
     def _resample(self, x: Array) -> Array:
         if self.up:
@@ -339,16 +446,20 @@ class ResnetBlockBigGAN(nn.Module):
             return downsample_2d(x, self.fir_kernel) if self.fir else naive_downsample_2d(x)
         return x
 
-    @nn.compact
     def __call__(self, x: Array, temb: Array | None = None, train: bool = False) -> Array:
+        return checkpointed(self, type(self)._block, x, temb, train)
+
+    @nn.compact
+    def _block(self, x: Array, temb: Array | None, train: bool) -> Array:
         out_ch = self.out_ch or x.shape[-1]
-        h = self._resample(self.act(group_norm(x)))
+        dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        h = self._resample(self.act(group_norm(x, **dt)))
         x = self._resample(x)
-        h = _add_temb(conv(h, out_ch), temb, self.act)
-        h = nn.Dropout(self.dropout)(self.act(group_norm(h)), deterministic=not train)
-        h = conv(h, out_ch, init_scale=self.init_scale)
+        h = _add_temb(conv(h, out_ch, **dt), temb, self.act, dt)
+        h = nn.Dropout(self.dropout)(self.act(group_norm(h, **dt)), deterministic=not train)
+        h = conv(h, out_ch, init_scale=self.init_scale, **dt)
         if x.shape[-1] != out_ch or self.up or self.down:
-            x = conv(x, out_ch, kernel=1)
+            x = conv(x, out_ch, kernel=1, **dt)
         return (x + h) / np.sqrt(2.0) if self.skip_rescale else x + h
 
 
@@ -356,10 +467,12 @@ class Combine(nn.Module):
     """Merges an input-pyramid image into features: 1x1 conv then concat or sum."""
 
     method: str = "cat"
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: Array, y: Array) -> Array:
-        h = conv(x, y.shape[-1], kernel=1)
+        h = conv(x, y.shape[-1], kernel=1, dtype=self.dtype, param_dtype=self.param_dtype)
         return jnp.concatenate([h, y], axis=-1) if self.method == "cat" else h + y
 
 
@@ -373,6 +486,7 @@ class LabelEmbedding(nn.Module):
 
     num_classes: int
     features: int
+    param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, y: Array | None, batch: int) -> Array:
@@ -380,5 +494,5 @@ class LabelEmbedding(nn.Module):
             y = jnp.full((batch,), self.num_classes, jnp.int32)
         if y.shape != (batch,):
             raise ValueError(f"class labels y must have shape [{batch}]; got {y.shape}")
-        return nn.Embed(self.num_classes + 1, self.features,
+        return nn.Embed(self.num_classes + 1, self.features, param_dtype=self.param_dtype,
                         embedding_init=jax.nn.initializers.normal(1.0))(y)

@@ -8,17 +8,23 @@ The conditioning value (999 t for "eps", log sigma for "score", ...) is embedded
 sinusoidally (DDPM's transformer embedding) or with fixed random Gaussian Fourier
 features (Tancik et al. 2020; NCSN++'s choice for continuous sigma), then passed through a
 two-layer MLP. The output layer is zero-initialised, so the untrained model outputs 0.
+Mixed precision as in `sde_lab.models.layers`: dense layers in `dtype`, LayerNorm statistics
+and embedding phases in float32, float32 output.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from sde_lab.models import layers
+
 Array = jax.Array
+Dtype = Any
 
 EMBEDDINGS = ("sinusoidal", "fourier")
 
@@ -37,11 +43,14 @@ class GaussianFourierEmbedding(nn.Module):
 
     dim: int
     scale: float = 16.0
+    param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, t: Array) -> Array:
-        w = self.param("w", nn.initializers.normal(self.scale), (1, self.dim // 2))
-        args = 2.0 * math.pi * t.astype(jnp.float32)[:, None] * jax.lax.stop_gradient(w)
+        w = self.param("w", nn.initializers.normal(self.scale), (1, self.dim // 2),
+                       self.param_dtype)
+        w = jax.lax.stop_gradient(w).astype(jnp.float32)
+        args = 2.0 * math.pi * t.astype(jnp.float32)[:, None] * w
         return jnp.concatenate([jnp.sin(args), jnp.cos(args)], 1)
 
 
@@ -49,12 +58,15 @@ class ResidualBlock(nn.Module):
     """Pre-LayerNorm residual block with the embedding added after the first layer."""
 
     hidden: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, h: Array, emb: Array) -> Array:
-        y = nn.Dense(self.hidden)(nn.swish(nn.LayerNorm()(h)))
-        y = nn.swish(y + nn.Dense(self.hidden)(emb))
-        return h + nn.Dense(self.hidden)(y)
+        dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        y = nn.Dense(self.hidden, **dt)(nn.swish(nn.LayerNorm(**dt)(h)))
+        y = nn.swish(y + nn.Dense(self.hidden, **dt)(emb))
+        return h + nn.Dense(self.hidden, **dt)(y)
 
 
 class MLP(nn.Module):
@@ -67,6 +79,8 @@ class MLP(nn.Module):
       embedding: "sinusoidal" or "fourier".
       fourier_scale: std of the random Fourier frequencies (embedding="fourier").
       max_period: longest period of the sinusoidal embedding.
+      dtype: compute dtype, "float32" or "bfloat16"; the output is float32.
+      param_dtype: dtype the parameters are stored in ("float32").
     """
 
     hidden: int = 128
@@ -75,6 +89,12 @@ class MLP(nn.Module):
     embedding: str = "sinusoidal"
     fourier_scale: float = 16.0
     max_period: float = 10000.0
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+
+    def __post_init__(self):
+        layers.check_dtypes(self.dtype, self.param_dtype)
+        super().__post_init__()
 
     def _check(self, x: Array, cond: Array) -> None:
         if self.embedding not in EMBEDDINGS:
@@ -89,16 +109,19 @@ class MLP(nn.Module):
     @nn.compact
     def __call__(self, x: Array, cond: Array) -> Array:
         self._check(x, cond)
+        dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         if self.embedding == "sinusoidal":
             emb = sinusoidal_embedding(cond, self.embed_dim, self.max_period)
         else:
-            emb = GaussianFourierEmbedding(self.embed_dim, self.fourier_scale)(cond)
-        emb = nn.Dense(self.hidden)(nn.swish(nn.Dense(self.hidden)(emb)))
-        h = nn.Dense(self.hidden)(x)
+            emb = GaussianFourierEmbedding(self.embed_dim, self.fourier_scale,
+                                           param_dtype=self.param_dtype)(cond)
+        emb = nn.Dense(self.hidden, **dt)(nn.swish(nn.Dense(self.hidden, **dt)(emb)))
+        h = nn.Dense(self.hidden, **dt)(x)
         for i in range(self.num_blocks):
-            h = ResidualBlock(self.hidden, name=f"block_{i}")(h, emb)
-        h = nn.swish(nn.LayerNorm()(h))
-        return nn.Dense(x.shape[-1], kernel_init=nn.initializers.zeros, name="out")(h)
+            h = ResidualBlock(self.hidden, name=f"block_{i}", **dt)(h, emb)
+        h = nn.swish(nn.LayerNorm(**dt)(h))
+        out = nn.Dense(x.shape[-1], kernel_init=nn.initializers.zeros, name="out", **dt)(h)
+        return out.astype(jnp.float32)
 
 
 SIZES: dict[str, dict] = {
