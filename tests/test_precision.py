@@ -228,3 +228,73 @@ def test_group_norm_matches_float64_numpy(dtype):
     tol = 1e-5 if dtype == "float32" else 2 * U_BF16
     np.testing.assert_allclose(np.asarray(y, np.float64), want, rtol=tol, atol=tol)
     assert jax.tree.structure(norm.init(KEY, x_in)) == jax.tree.structure(params)
+
+
+# ---------------------------------------------------------------------------------------
+# Kernel gradients as matrix products (conv_backward="gemm").
+# ---------------------------------------------------------------------------------------
+
+
+def _lax_conv(x, w, padding, strides=(1, 1)):
+    return jax.lax.conv_general_dilated(x, w, strides, padding,
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _gemm_conv(x, w, padding, strides=(1, 1)):
+    dn = jax.lax.conv_dimension_numbers(x.shape, w.shape, ("NHWC", "HWIO", "NHWC"))
+    return layers.gemm_backward_conv(x, w, strides, padding, dimension_numbers=dn)
+
+
+@pytest.mark.parametrize("kernel,padding,strides", [
+    (3, "SAME", (1, 1)), (3, ((1, 0), (2, 1)), (1, 1)), (1, "SAME", (1, 1)), (3, "VALID", (1, 1)),
+    (3, "SAME", (2, 2)),  # not a stride-1 conv: lax's own, unchanged
+])
+def test_gemm_backward_conv_equals_lax(kernel, padding, strides):
+    """Value, gradients (x and kernel), JVP in x and in the kernel, and a Hessian-vector
+    product equal lax's convolution to float32 rounding of sums of ~100 terms."""
+    k = jax.random.split(KEY, 4)
+    x = jax.random.normal(k[0], (2, 6, 5, 4))
+    w = jax.random.normal(k[1], (kernel, kernel, 4, 3))
+    tx, tw = jax.random.normal(k[2], x.shape), jax.random.normal(k[3], w.shape)
+    results = []
+    for conv in (_lax_conv, _gemm_conv):
+        def f(x, w, conv=conv):
+            return jnp.sum(jnp.sin(conv(x, w, padding, strides)))
+
+        results.append([
+            conv(x, w, padding, strides), *jax.grad(f, argnums=(0, 1))(x, w),
+            jax.jvp(lambda x, conv=conv: conv(x, w, padding, strides), (x,), (tx,))[1],
+            jax.jvp(lambda w, conv=conv: conv(x, w, padding, strides), (w,), (tw,))[1],
+            jax.jvp(jax.grad(f, argnums=1), (x, w), (tx, tw))[1]])
+    for got, want in zip(results[1], results[0]):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(want))))
+
+
+def test_gemm_backward_computes_kernel_gradient_without_a_convolution():
+    """Reverse mode through one stride-1 conv: lax needs 3 convolutions (forward, input and
+    kernel gradients); "gemm" needs 2 and one matrix product per tap (9) instead."""
+    x, w = jnp.ones((2, 8, 8, 4)), jnp.ones((3, 3, 4, 5))
+
+    def count(conv):
+        jaxpr = str(jax.make_jaxpr(jax.grad(lambda x, w: jnp.sum(conv(x, w, "SAME") ** 2),
+                                            argnums=(0, 1)))(x, w))
+        return jaxpr.count("conv_general_dilated"), jaxpr.count("dot_general")
+
+    assert count(_lax_conv) == (3, 0)
+    assert count(_gemm_conv) == (2, 9)
+
+
+@pytest.mark.parametrize("family", ["ncsnpp", "ncsnv2", "vdm"])
+def test_conv_backward_gemm_equals_xla_in_networks(family):
+    """Whole networks (ncsnpp's layers also serve ddpm; ncsnv2 mixes dilated convs, which
+    stay lax's; vdm builds its own convs): same loss gradients either way."""
+    name, size, fields, shape = FAMILIES[family]
+    x, t = _inputs(shape)
+    nets = [models.make(name, size=size, conv_backward=cb, **fields) for cb in ("xla", "gemm")]
+    params = _perturbed(fast_jit(nets[0].init)(KEY, x, t))
+    grads = [_flat(fast_jit(jax.grad(lambda p, net=net: jnp.mean(net.apply(p, x, t) ** 2)))(
+        params)) for net in nets]
+    np.testing.assert_allclose(grads[1], grads[0], rtol=1e-4,
+                               atol=1e-5 * float(np.max(np.abs(grads[0]))))
+    assert layers.conv_fn("auto") is (layers.gemm_backward_conv
+                                      if jax.default_backend() == "cpu" else None)

@@ -37,6 +37,8 @@ class DDPM(nn.Module):
       dtype: compute dtype, "float32" or "bfloat16" (see `layers`); the output is float32.
       param_dtype: dtype the parameters are stored in ("float32").
       remat: recompute residual-block activations in the backward pass (`nn.remat`).
+      conv_backward: kernel-gradient method of stride-1 convs, "auto" | "xla" | "gemm"
+        (see `sde_lab.models.ncsnpp.NCSNpp`).
     """
 
     nf: int = 128
@@ -50,9 +52,11 @@ class DDPM(nn.Module):
     dtype: str = "float32"
     param_dtype: str = "float32"
     remat: bool = False
+    conv_backward: str = "auto"
 
     def __post_init__(self):
         layers.check_dtypes(self.dtype, self.param_dtype)
+        layers.check_choice("conv_backward", self.conv_backward, layers.CONV_BACKWARDS)
         layers.check_choice("nonlinearity", self.nonlinearity, layers.ACTIVATIONS)
         if not self.ch_mult or self.nf < 1 or self.num_res_blocks < 1:
             raise ValueError("DDPM needs nf >= 1, num_res_blocks >= 1 and a non-empty ch_mult")
@@ -69,6 +73,7 @@ class DDPM(nn.Module):
             raise ValueError("labels y given but num_classes=0; build with num_classes > 0")
         act = layers.get_act(self.nonlinearity)
         dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        cv = dict(conv_backward=self.conv_backward, **dt)
         temb = layers.timestep_embedding(t, self.nf)
         temb = nn.Dense(4 * self.nf, kernel_init=layers.default_init(), **dt)(temb)
         temb = nn.Dense(4 * self.nf, kernel_init=layers.default_init(), **dt)(act(temb))
@@ -77,9 +82,9 @@ class DDPM(nn.Module):
                                                 param_dtype=self.param_dtype)(y, x.shape[0])
 
         ResBlock = functools.partial(layers.ResnetBlockDDPM, act=act, dropout=self.dropout,
-                                     remat=self.remat, **dt)
+                                     remat=self.remat, **cv)
         Attn = functools.partial(layers.AttnBlock, **dt)
-        hs = [layers.conv(x, self.nf, **dt)]
+        hs = [layers.conv(x, self.nf, **cv)]
         for level in range(num_levels):
             for _ in range(self.num_res_blocks):
                 h = ResBlock(out_ch=self.nf * self.ch_mult[level])(hs[-1], temb, train)
@@ -87,7 +92,7 @@ class DDPM(nn.Module):
                     h = Attn()(h)
                 hs.append(h)
             if level != num_levels - 1:
-                hs.append(layers.Downsample(with_conv=self.resamp_with_conv, **dt)(hs[-1]))
+                hs.append(layers.Downsample(with_conv=self.resamp_with_conv, **cv)(hs[-1]))
 
         h = ResBlock()(hs[-1], temb, train)
         h = Attn()(h)
@@ -100,10 +105,10 @@ class DDPM(nn.Module):
             if h.shape[1] in self.attn_resolutions:
                 h = Attn()(h)
             if level != 0:
-                h = layers.Upsample(with_conv=self.resamp_with_conv, **dt)(h)
+                h = layers.Upsample(with_conv=self.resamp_with_conv, **cv)(h)
 
         h = act(layers.group_norm(h, **dt))
-        return layers.conv(h, x.shape[-1], init_scale=0.0, **dt).astype(jnp.float32)
+        return layers.conv(h, x.shape[-1], init_scale=0.0, **cv).astype(jnp.float32)
 
 
 SIZES: dict[str, dict] = {

@@ -36,7 +36,7 @@ def _ncsn_init(scale: float = 1.0):
 
 def ncsn_conv(x: Array, features: int, kernel: int = 3, dilation: int = 1,
               use_bias: bool = True, dtype: Dtype = jnp.float32,
-              param_dtype: Dtype = jnp.float32) -> Array:
+              param_dtype: Dtype = jnp.float32, conv_backward: str = "xla") -> Array:
     """'SAME' kxk conv with PyTorch init for kernel and bias (bias bound 1/sqrt(fan_in))."""
     fan_in = kernel * kernel * x.shape[-1]
     bound = fan_in**-0.5
@@ -44,7 +44,8 @@ def ncsn_conv(x: Array, features: int, kernel: int = 3, dilation: int = 1,
         key, shape, dtype, -bound, bound)
     return nn.Conv(features, (kernel, kernel), padding="SAME", use_bias=use_bias,
                    kernel_dilation=(dilation, dilation), kernel_init=_ncsn_init(),
-                   bias_init=bias_init, dtype=dtype, param_dtype=param_dtype)(x)
+                   bias_init=bias_init, dtype=dtype, param_dtype=param_dtype,
+                   conv_general_dilated=layers.conv_fn(conv_backward))(x)
 
 
 def _init_around_one(key, shape, dtype=jnp.float32):
@@ -84,11 +85,13 @@ class ConvMeanPool(nn.Module):
     kernel: int = 3
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    conv_backward: str = "xla"
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         x = nn.Conv(self.features, (self.kernel, self.kernel), padding="SAME", dtype=self.dtype,
-                    param_dtype=self.param_dtype)(x)
+                    param_dtype=self.param_dtype,
+                    conv_general_dilated=layers.conv_fn(self.conv_backward))(x)
         return layers.naive_downsample_2d(x)
 
 
@@ -102,6 +105,7 @@ class ResidualBlock(nn.Module):
     remat: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    conv_backward: str = "xla"
 
     def __call__(self, x: Array) -> Array:
         if self.remat:
@@ -112,20 +116,21 @@ class ResidualBlock(nn.Module):
     def _block(self, x: Array) -> Array:
         d = self.dilation
         dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        cv = dict(conv_backward=self.conv_backward, **dt)
         h = nn.elu(InstanceNormPlus(**dt)(x))
         if self.down:
-            h = nn.elu(InstanceNormPlus(**dt)(ncsn_conv(h, x.shape[-1], dilation=d, **dt)))
+            h = nn.elu(InstanceNormPlus(**dt)(ncsn_conv(h, x.shape[-1], dilation=d, **cv)))
             if d > 1:
-                return ncsn_conv(h, self.features, dilation=d, **dt) + ncsn_conv(
-                    x, self.features, dilation=d, **dt)
-            return (ConvMeanPool(self.features, **dt)(h)
-                    + ConvMeanPool(self.features, kernel=1, **dt)(x))
+                return ncsn_conv(h, self.features, dilation=d, **cv) + ncsn_conv(
+                    x, self.features, dilation=d, **cv)
+            return (ConvMeanPool(self.features, **cv)(h)
+                    + ConvMeanPool(self.features, kernel=1, **cv)(x))
         if x.shape[-1] == self.features:
             shortcut = x
         else:
-            shortcut = ncsn_conv(x, self.features, kernel=3 if d > 1 else 1, dilation=d, **dt)
-        h = nn.elu(InstanceNormPlus(**dt)(ncsn_conv(h, self.features, dilation=d, **dt)))
-        return ncsn_conv(h, self.features, dilation=d, **dt) + shortcut
+            shortcut = ncsn_conv(x, self.features, kernel=3 if d > 1 else 1, dilation=d, **cv)
+        h = nn.elu(InstanceNormPlus(**dt)(ncsn_conv(h, self.features, dilation=d, **cv)))
+        return ncsn_conv(h, self.features, dilation=d, **cv) + shortcut
 
 
 def _rcu(x: Array, features: int, num_blocks: int, dt: dict, num_stages: int = 2) -> Array:
@@ -159,10 +164,12 @@ class RefineBlock(nn.Module):
     end: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    conv_backward: str = "xla"
 
     @nn.compact
     def __call__(self, xs: list[Array]) -> Array:
-        dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        dt = dict(dtype=self.dtype, param_dtype=self.param_dtype,
+                  conv_backward=self.conv_backward)  # all for ncsn_conv
         hs = [_rcu(x, x.shape[-1], 2, dt) for x in xs]
         if self.start:
             h = hs[0]
@@ -187,6 +194,8 @@ class NCSNv2(nn.Module):
       dtype: compute dtype, "float32" or "bfloat16" (see `layers`); the output is float32.
       param_dtype: dtype the parameters are stored in ("float32").
       remat: recompute residual-block activations in the backward pass (`nn.remat`).
+      conv_backward: kernel-gradient method of stride-1 undilated convs, "auto" | "xla" |
+        "gemm" (see `sde_lab.models.ncsnpp.NCSNpp`).
     """
 
     nf: int = 128
@@ -196,9 +205,11 @@ class NCSNv2(nn.Module):
     dtype: str = "float32"
     param_dtype: str = "float32"
     remat: bool = False
+    conv_backward: str = "auto"
 
     def __post_init__(self):
         layers.check_dtypes(self.dtype, self.param_dtype)
+        layers.check_choice("conv_backward", self.conv_backward, layers.CONV_BACKWARDS)
         n = len(self.ch_mult)
         if n < 2 or len(self.dilations) != n or len(self.refine_mult) != n:
             raise ValueError("NCSNv2: ch_mult, dilations and refine_mult need the same "
@@ -219,8 +230,9 @@ class NCSNv2(nn.Module):
             raise ValueError("NCSNv2 is not class-conditional; use ncsnpp or ddpm with "
                              "num_classes > 0")
         dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        block = functools.partial(ResidualBlock, remat=self.remat, **dt)
-        h = ncsn_conv(x, self.nf, **dt)
+        cv = dict(conv_backward=self.conv_backward, **dt)
+        block = functools.partial(ResidualBlock, remat=self.remat, **cv)
+        h = ncsn_conv(x, self.nf, **cv)
         h = block(self.nf)(h)
         feats = [block(self.nf)(h)]
         for mult, d in zip(self.ch_mult[1:], self.dilations[1:]):
@@ -229,12 +241,12 @@ class NCSNv2(nn.Module):
 
         n = len(feats)
         h = RefineBlock(feats[-1].shape[1:3], self.refine_mult[-1] * self.nf,
-                        start=True, **dt)([feats[-1]])
+                        start=True, **cv)([feats[-1]])
         for level in reversed(range(n - 1)):
             h = RefineBlock(feats[level].shape[1:3], self.refine_mult[level] * self.nf,
-                            end=level == 0, **dt)([feats[level], h])
+                            end=level == 0, **cv)([feats[level], h])
         h = nn.elu(InstanceNormPlus(**dt)(h))
-        return ncsn_conv(h, x.shape[-1], **dt).astype(jnp.float32)
+        return ncsn_conv(h, x.shape[-1], **cv).astype(jnp.float32)
 
 
 SIZES: dict[str, dict] = {

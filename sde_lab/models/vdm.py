@@ -67,6 +67,7 @@ class ResnetBlock(nn.Module):
     remat: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    conv_backward: str = "xla"
 
     def __call__(self, x: Array, cond: Array, train: bool) -> Array:
         return layers.checkpointed(self, type(self)._block, x, cond, train)
@@ -74,14 +75,15 @@ class ResnetBlock(nn.Module):
     @nn.compact
     def _block(self, x: Array, cond: Array, train: bool) -> Array:
         dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        conv_fn = layers.conv_fn(self.conv_backward)
         h = nn.swish(layers.GroupNorm(self.num_groups, **dt)(x))
-        h = nn.Conv(self.channels, (3, 3), name="conv1", **dt)(h)
+        h = nn.Conv(self.channels, (3, 3), name="conv1", conv_general_dilated=conv_fn, **dt)(h)
         h = h + nn.Dense(self.channels, use_bias=False, kernel_init=nn.initializers.zeros,
                          name="cond_proj", **dt)(cond)[:, None, None, :]
         h = nn.swish(layers.GroupNorm(self.num_groups, **dt)(h))
         h = nn.Dropout(self.dropout)(h, deterministic=not train)
         h = nn.Conv(self.channels, (3, 3), kernel_init=nn.initializers.zeros, name="conv2",
-                    **dt)(h)
+                    conv_general_dilated=conv_fn, **dt)(h)
         if x.shape[-1] != self.channels:
             x = nn.Dense(self.channels, name="nin_shortcut", **dt)(x)
         return x + h
@@ -133,6 +135,8 @@ class VDM(nn.Module):
         float32, and so does the output.
       param_dtype: dtype the parameters are stored in ("float32").
       remat: recompute residual-block activations in the backward pass (`nn.remat`).
+      conv_backward: kernel-gradient method of the 3x3 convs, "auto" | "xla" | "gemm" (see
+        `sde_lab.models.ncsnpp.NCSNpp`).
     """
 
     channels: int = 128
@@ -148,9 +152,11 @@ class VDM(nn.Module):
     dtype: str = "float32"
     param_dtype: str = "float32"
     remat: bool = False
+    conv_backward: str = "auto"
 
     def __post_init__(self):
         layers.check_dtypes(self.dtype, self.param_dtype)
+        layers.check_choice("conv_backward", self.conv_backward, layers.CONV_BACKWARDS)
         super().__post_init__()
 
     def _check(self, x: Array, cond: Array) -> None:
@@ -177,9 +183,12 @@ class VDM(nn.Module):
         x = x.astype(jnp.float32)
         h = jnp.concatenate([x, fourier_features(x, exponents)], -1) if exponents else x
         block = lambda name: ResnetBlock(  # noqa: E731
-            self.channels, self.dropout, self.num_groups, self.remat, name=name, **dt)
+            self.channels, self.dropout, self.num_groups, self.remat, name=name,
+            conv_backward=self.conv_backward, **dt)
+        conv_fn = layers.conv_fn(self.conv_backward)
         attn = lambda name: AttnBlock(self.num_groups, name=name, **dt)  # noqa: E731
-        hs = [nn.Conv(self.channels, (3, 3), name="conv_in", **dt)(h)]
+        hs = [nn.Conv(self.channels, (3, 3), name="conv_in", conv_general_dilated=conv_fn,
+                      **dt)(h)]
         for i in range(self.num_blocks):
             h = block(f"down_block_{i}")(hs[-1], emb, train)
             if self.attention_in_blocks:
@@ -197,7 +206,7 @@ class VDM(nn.Module):
 
         h = nn.swish(layers.GroupNorm(self.num_groups, **dt)(h))
         eps = nn.Conv(x.shape[-1], (3, 3), kernel_init=nn.initializers.zeros,
-                      name="conv_out", **dt)(h).astype(jnp.float32)
+                      name="conv_out", conv_general_dilated=conv_fn, **dt)(h).astype(jnp.float32)
         return eps + x if self.input_skip else eps
 
 
