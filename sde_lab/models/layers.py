@@ -127,7 +127,10 @@ def _conv_by_taps(x: Array, w: Array, padding, precision) -> Array:
             z = jnp.pad(z, ((0, 0), (top, bottom), (left, right), (0, 0)))
             term = z[:, i:i + h_out, j:j + w_out, :]
             out = term if out is None else out + term
-    return out
+    # Transposed, the barrier materialises the output cotangent once before its kh * kw
+    # windows are read; without it XLA fuses the cotangent's elementwise producers (the
+    # GroupNorm/swish backward) into every window and computes them kh * kw times.
+    return jax.lax.optimization_barrier(out)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
