@@ -305,3 +305,61 @@ def test_conv_backward_gemm_equals_xla_in_networks(family):
                                atol=1e-5 * float(np.max(np.abs(grads[0]))))
     assert layers.conv_fn("auto") is (layers.gemm_backward_conv
                                       if jax.default_backend() == "cpu" else None)
+
+
+# ---------------------------------------------------------------------------------------
+# The runner: config.model.dtype / remat / conv_backward
+# ---------------------------------------------------------------------------------------
+
+
+def _conv_dtypes(fn, *args) -> set:
+    """Input dtypes of every convolution and matmul in fn's jaxpr (traced, not compiled)."""
+    found = set()
+
+    def visit(jx):
+        for eqn in jx.eqns:
+            if eqn.primitive.name in ("conv_general_dilated", "dot_general"):
+                found.update(v.aval.dtype for v in eqn.invars)
+            for sub in jax_core.jaxprs_in_params(eqn.params):
+                visit(sub)
+
+    visit(jax.make_jaxpr(fn)(*args).jaxpr)
+    return found
+
+
+def test_config_dtype_sets_the_train_step_and_keeps_float32_state():
+    """model.dtype=bfloat16: the train loss computes its convs/matmuls in bfloat16 and is
+    float32 itself, as are its gradients and the whole train state (params, EMA, Adam
+    moments: what checkpoints hold); the eval score (samplers, likelihood) stays float32."""
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from configs import digits
+    from sde_lab import experiment, state
+
+    config = digits.get_config("runlocal")
+    config.model.dtype, config.model.remat, config.model.conv_backward = "bfloat16", True, "xla"
+    exp = experiment.build(config)
+    assert (exp.net.dtype, exp.net.remat, exp.net.conv_backward) == ("bfloat16", True, "xla")
+    assert exp.eval_net.dtype == "float32"
+    abstract = state.abstract_state(exp)
+    state_dtypes = {v.dtype for v in jax.tree.leaves(
+        (abstract.params, abstract.ema_params, abstract.opt_state))}
+    assert state_dtypes <= {jnp.dtype(jnp.float32), jnp.dtype(jnp.int32)}   # int: Adam's count
+    params = abstract.params   # shapes only: nothing below is compiled or run
+    x = jax.ShapeDtypeStruct((2,) + exp.shape, jnp.float32)
+    keys = jax.random.split(jax.random.PRNGKey(1), 2)
+    loss_fn = exp.loss_fn()
+    batch = {"x": x}
+    assert _conv_dtypes(loss_fn, params, batch, keys) == {jnp.dtype(jnp.bfloat16)}
+    loss, grads = jax.eval_shape(jax.value_and_grad(loss_fn), params, batch, keys)
+    assert loss.dtype == jnp.float32 and loss.shape == ()
+    assert {g.dtype for g in jax.tree.leaves(grads)} == {jnp.dtype(jnp.float32)}
+    t = jax.ShapeDtypeStruct((2,), jnp.float32)
+
+    def score(p, x, t):
+        return exp.score_fn(p)(x, t)
+
+    assert _conv_dtypes(score, params, x, t) == {jnp.dtype(jnp.float32)}
+    assert jax.eval_shape(score, params, x, t).dtype == jnp.float32
