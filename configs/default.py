@@ -63,6 +63,19 @@ def get_default() -> ml_collections.ConfigDict:
     model.parameterization = "eps"        # eps | eps_gamma | score | x0 | edm | velocity | v
     model.dropout = -1.0                  # >= 0 overrides the size's dropout rate
     model.num_classes = 0                 # > 0: class-conditional network (labels from data)
+    model.dtype = "float32"               # compute dtype of the train step: float32 |
+                                          # bfloat16 | float16 (convs and matmuls; params,
+                                          # optimizer state, EMA and checkpoints stay float32,
+                                          # and so do norm statistics, softmax and the loss;
+                                          # sampling and bits/dim always run in float32).
+                                          # float16 has no loss scaling: prefer bfloat16
+    model.remat = False                   # recompute residual blocks in the backward pass
+                                          # (less activation memory, ~1/3 more compute; same
+                                          # results); not for mlp
+    model.conv_backward = "auto"          # kernel gradients of stride-1 convs: xla
+                                          # (transposed conv) | gemm (one matmul per tap,
+                                          # faster on XLA:CPU) | auto (gemm on CPU); same
+                                          # results; not for mlp
 
     # ---- Loss (sde_lab.losses): dsm | ddpm | smld | vdm_vlb | edm | flow_matching ----
     # dsm: continuous-time DSM (weighting std2 | likelihood, importance_sampling, reduce
@@ -221,6 +234,11 @@ def get_default() -> ml_collections.ConfigDict:
     par.coordinator_address = ""          # multi-host: host:port; "" = from Slurm/TPU env
     par.num_processes = 0                 # multi-host: 0 = from the environment
     par.process_id = -1                   # multi-host: -1 = from the environment
+    par.compilation_cache = ""            # directory for JAX's persistent compilation cache
+                                          # (created if missing): a restart, eval or sweep
+                                          # run of the same program loads it instead of
+                                          # compiling; "" = JAX's default (none, unless the
+                                          # JAX_COMPILATION_CACHE_DIR variable is set)
     return config
 
 

@@ -42,6 +42,8 @@ LR_SCHEDULES = ("constant", "cosine", "linear")
 FEATURE_EXTRACTORS = ("digits", "inception", "none")
 BPD_ESTIMATORS = ("hutchinson", "exact")
 GUIDANCE = ("none", "classifier_free", "classifier")
+COMPUTE_DTYPES = ("float32", "bfloat16", "float16")   # = models.layers.COMPUTE_DTYPES
+CONV_BACKWARDS = ("auto", "xla", "gemm")              # = models.layers.CONV_BACKWARDS
 
 
 # ---------------------------------------------------------------- checks
@@ -324,6 +326,7 @@ class ParallelSpec:
     coordinator_address: str | None
     num_processes: int | None
     process_id: int | None
+    compilation_cache: str | None = None   # directory; None: JAX's default (no cache)
 
 
 class Keys:
@@ -419,14 +422,24 @@ class Experiment:
         return {"net": self.net.init(key, x, jnp.zeros((1,)), **kwargs),
                 "sde": self.sde.init(key)}
 
+    @functools.cached_property
+    def eval_net(self):
+        """The network for sampling, likelihoods and the other modes: `net` computing in
+        float32 (same parameters). `model.dtype` is the train step's compute dtype only:
+        the adaptive PF-ODE solves (bits/dim at rtol 1e-5) need float32 evaluations."""
+        if getattr(self.net, "dtype", "float32") == "float32":
+            return self.net
+        return self.net.clone(dtype="float32")
+
     def apply_fn(self, labels=None, train: bool = False, dropout_key=None) -> Callable:
-        """apply(net_params, x_in, cond) with labels and dropout bound."""
+        """apply(net_params, x_in, cond) -> float32 output, with labels and dropout bound;
+        `net` when `train` (the configured compute dtype), else `eval_net`."""
         kwargs = {}
         if self.num_classes > 0:
             kwargs["y"] = labels
         if train and dropout_key is not None and getattr(self.net, "dropout", 0.0) > 0:
             kwargs.update(train=True, rngs={"dropout": dropout_key})
-        return functools.partial(_apply, self.net, kwargs=kwargs)
+        return functools.partial(_apply, self.net if train else self.eval_net, kwargs=kwargs)
 
     def score_model(self, sde: sdes.SDE, labels=None, train: bool = False,
                     dropout_key=None) -> Callable:
@@ -490,7 +503,9 @@ class Experiment:
 
 
 def _apply(net, params, x, cond, kwargs):
-    return net.apply(params, x, cond, **kwargs)
+    # The networks already return float32; the cast keeps every loss in float32 whatever
+    # model.dtype is.
+    return net.apply(params, x, cond, **kwargs).astype(jnp.float32)
 
 
 def _eval_score(exp: Experiment, params, labels, x, t):
@@ -517,7 +532,17 @@ def _net(config):
     _require(m.dropout == -1.0 or 0.0 <= m.dropout < 1.0, "model.dropout", m.dropout,
              "must be in [0, 1), or -1 for the size's own")
     _nonnegative_int("model.num_classes", m.num_classes)
-    fields = {}
+    _choice("model.dtype", m.dtype, COMPUTE_DTYPES)
+    _require(isinstance(m.remat, bool), "model.remat", m.remat, "must be True or False")
+    _choice("model.conv_backward", m.conv_backward, CONV_BACKWARDS)
+    fields = {"dtype": m.dtype}   # parameters stay float32 (param_dtype's default)
+    supported = models.field_names(m.name)
+    for option, value, default in (("remat", m.remat, False),
+                                   ("conv_backward", m.conv_backward, "auto")):
+        _require(value == default or option in supported, f"model.{option}", value,
+                 f"model.name={m.name!r} has no {option} option (leave it at {default!r})")
+        if option in supported:
+            fields[option] = value
     if m.num_classes > 0:
         fields["num_classes"] = m.num_classes
     if m.dropout >= 0:
@@ -805,8 +830,14 @@ def parallel_spec(config) -> ParallelSpec:
     _nonnegative_int("parallel.num_processes", p.num_processes)
     _require(isinstance(p.process_id, int) and p.process_id >= -1, "parallel.process_id",
              p.process_id, "must be an int >= 0, or -1 (from the environment)")
+    cache = p.compilation_cache
+    _require(isinstance(cache, str), "parallel.compilation_cache", cache,
+             "must be a directory path, or '' for none")
+    path = os.path.abspath(os.path.expanduser(cache)) if cache else None
+    _require(path is None or not os.path.exists(path) or os.path.isdir(path),
+             "parallel.compilation_cache", cache, "exists and is not a directory")
     return ParallelSpec(p.mode, p.coordinator_address or None, p.num_processes or None,
-                        None if p.process_id < 0 else p.process_id)
+                        None if p.process_id < 0 else p.process_id, path)
 
 
 def build(config: ml_collections.ConfigDict) -> Experiment:

@@ -25,6 +25,9 @@ the one-device step on the same global batch up to float summation order.
 Batch maps without a training state (sampling, likelihoods, feature extraction) run
 through `data_parallel(fn, mesh, batch_argnums)`: jit with the batch split over 'data'.
 
+Compilation cache: `enable_compilation_cache()` at start-up keeps compiled programs on disk
+(JAX's persistent cache), so a second start of the same configuration does not recompile.
+
 Multi-host: call `initialize()` first (it calls `jax.distributed.initialize()` under a
 multi-task Slurm step, Open MPI or a multi-host TPU slice, or when given a coordinator),
 feed each process its own `local_batch_size(B)` examples through `shard_batch`, and let
@@ -86,6 +89,40 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
 def is_main_process() -> bool:
     """True on process 0, the one that writes logs, samples and eval files."""
     return jax.process_index() == 0
+
+
+DEFAULT_CACHE_DIR = os.path.join("~", ".cache", "sde_lab", "jax_compilation_cache")
+CACHE_DIR_ENV = "SDE_LAB_COMPILATION_CACHE"
+
+
+def enable_compilation_cache(path: str | None = None, min_compile_time_s: float = 1.0) -> str | None:
+    """Turns on JAX's persistent compilation cache; returns the directory, or None if off.
+
+    Every program that took at least `min_compile_time_s` to compile is written to `path`
+    (keyed by its HLO, the XLA flags, the jax/jaxlib version and the device kind), and a
+    later process that builds the same program loads it instead of compiling: a restarted
+    or resumed run, an eval after training, a sweep's runs that share a shape. Call it once
+    at start-up, before anything is compiled (JAX fixes the cache when it first compiles).
+
+    Args:
+      path: cache directory (created if missing; `~` expanded). None: the environment
+        variable SDE_LAB_COMPILATION_CACHE if set, else ~/.cache/sde_lab/jax_compilation_cache.
+        "" or "none" (either way) turns the cache off.
+      min_compile_time_s: programs that compile faster are not cached (their files would
+        cost more to read than to recompile).
+    """
+    if path is None:
+        path = os.environ.get(CACHE_DIR_ENV, DEFAULT_CACHE_DIR)
+    if path.strip().lower() in ("", "none"):
+        jax.config.update("jax_enable_compilation_cache", False)
+        return None
+    path = os.path.abspath(os.path.expanduser(path))
+    os.makedirs(path, exist_ok=True)
+    jax.config.update("jax_enable_compilation_cache", True)
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_time_s))
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return path
 
 
 # -- mesh and batch sizes -------------------------------------------------------------------
@@ -208,6 +245,10 @@ def compile_step(step_fn: StepFn, mesh: Mesh, mode: str = "jit", donate_state: b
       mode: "jit" (NamedSharding, XLA-inserted collectives) or "pmap".
       donate_state: let the step reuse the input state's buffers (jit mode).
 
+    In "jit" mode f has `f.lower(state, batch, example_keys)`, jax.jit's ahead-of-time
+    lowering of exactly the program f runs (its `.compile()` gives XLA's cost and memory
+    analyses and a callable with the same shardings and donation).
+
     The returned f takes `state` replicated (`replicate`), and `batch` [B, ...] and
     `example_keys` [B] (typed) or [B, 2] (raw, any trailing dims) each either as global
     arrays from `shard_batch` (every process passes its own rows) or as full arrays that
@@ -234,6 +275,7 @@ def _compile_jit(step_fn: StepFn, mesh: Mesh, donate_state: bool):
             batch, example_keys = shard_global((batch, example_keys), mesh)
         return step(state, batch, example_keys)
 
+    run.lower = step.lower
     return run
 
 

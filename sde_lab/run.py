@@ -188,6 +188,12 @@ def main(config, workdir: str, mode: str = "train", dry_run: bool = False,
     """Runs `mode` for `config` in `workdir`; returns an exit code."""
     interrupts.install()
     p = experiment.parallel_spec(config)  # checked before JAX touches any device
+    if p.compilation_cache:  # before the first compilation, which fixes JAX's cache
+        try:
+            parallel.enable_compilation_cache(p.compilation_cache)
+        except OSError as e:
+            raise ConfigError(f"parallel.compilation_cache={p.compilation_cache!r}: cannot "
+                              f"create the directory ({e.strerror})") from None
     parallel.initialize(p.coordinator_address, p.num_processes, p.process_id)
     if dry_run:
         exp = experiment.build(config)

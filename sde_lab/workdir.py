@@ -26,12 +26,14 @@ CHANGES_FILE = "config_changes.jsonl"
 DONE_FILE = "DONE"
 
 # Fields that may change between starts of one run: length, logging, checkpoint cadence,
-# evaluation, sampling, device layout, where the dataset files are, and the noise-
-# conditional classifier (a run of its own, in <workdir>/classifier with its own record).
+# memory settings that give the same step, evaluation, sampling, device layout, where the
+# dataset files are, and the noise-conditional classifier (a run of its own, in
+# <workdir>/classifier with its own record).
 MUTABLE = ("train.num_steps", "train.log_every_steps", "train.checkpoint_every_steps",
            "train.sample_every_steps", "train.max_to_keep", "train.eval_at_end",
-           "train.steps_per_dispatch", "train.grad_accum_steps", "sample.", "eval.", "log.",
-           "parallel.", "data.data_dir", "classifier.", "inverse.")
+           "train.steps_per_dispatch", "train.grad_accum_steps", "model.remat",
+           "model.conv_backward", "sample.", "eval.", "log.", "parallel.", "data.data_dir",
+           "classifier.", "inverse.")
 
 
 class WorkdirError(RuntimeError):

@@ -155,6 +155,8 @@ def _cases(tmp):
         ("model.parameterization", "v0", "model.parameterization='v0'"),
         ("model.dropout", 1.5, "model.dropout=1.5"), ("model.dropout", -0.5, "model.dropout"),
         ("model.num_classes", -3, "model.num_classes=-3"),
+        ("model.dtype", "float64", "model.dtype='float64' is not valid; choose from"),
+        ("model.conv_backward", "cudnn", "model.conv_backward='cudnn' is not valid"),
         ("loss.name", "l2", "loss.name='l2'"),
         ("loss.dsm.weighting", "l1", "weighting='l1'"), ("loss.dsm.reduce", "max", "reduce='max'"),
         ("loss.dsm.eps", 2.0, "loss.dsm.eps=2.0"), ("loss.dsm.eps", 0.0, "loss.dsm.eps=0.0"),
@@ -219,6 +221,9 @@ def _cases(tmp):
     m(["--config.data.dataset=toy:gmm", "--config.model.name=mlp", "--config.model.size=nope"],
       "model.size='nope'")
     m(["--config.model.name=ddpm", "--config.model.size=ddpmpp_cont"], "model.size")
+    m(["--config.model.remat=True"], "model.remat=True is not valid: model.name='mlp' has no "
+      "remat option", base=TOY)
+    m([f"--config.parallel.compilation_cache={t}/a_file"], "parallel.compilation_cache")
     # Inverse-problem and anomaly-score modes (checked before the checkpoint is looked for).
     for mode, args, expect in [
         ("inpaint", [f"--config.inverse.mask_file={t}/mask_shape.npy"], "shape (3, 3) is not"),

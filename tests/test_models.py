@@ -162,7 +162,8 @@ def test_ncsnpp_variant_forward_runs():
 
 
 def test_registry_errors_name_the_choices():
-    with pytest.raises(ValueError, match=r"unknown model 'nope'; available: \['classifier', 'ddpm'"):
+    with pytest.raises(ValueError,
+                       match=r"unknown model 'nope'; available: \['classifier', 'ddpm'"):
         models.make("nope")
     with pytest.raises(ValueError, match="unknown size 'huge'.*ncsnpp_cont"):
         models.make("ncsnpp", size="huge")
@@ -429,7 +430,7 @@ def test_ddpm_norm_groups_sets_every_group_norm(norm_groups, want):
     groups = set()
 
     def record(next_fun, args, kwargs, context):
-        if isinstance(context.module, nn.GroupNorm):
+        if isinstance(context.module, layers.GroupNorm):   # every GroupNorm of the models
             groups.add(context.module.num_groups)
         return next_fun(*args, **kwargs)
 

@@ -198,3 +198,51 @@ def test_samplers_and_likelihood_sharded_equal_one_device(sharded_eval):
         _assert_case(sharded_eval, f"sampler_{name}", atol=1e-5)
     for estimator in ("exact", "hutchinson"):
         _assert_case(sharded_eval, f"likelihood_{estimator}", atol=3e-4)
+
+
+# -- persistent compilation cache ---------------------------------------------------------
+
+_CACHE_CHILD = """
+import sys
+import jax
+import jax.numpy as jnp
+from sde_lab import parallel
+
+hits = []
+jax.monitoring.register_event_listener(
+    lambda event, **kw: hits.append(event) if event.endswith("/cache_hits") else None)
+print(parallel.enable_compilation_cache(sys.argv[1], min_compile_time_s=0.0))
+f = jax.jit(lambda x: jnp.tanh(x @ x.T) + jnp.sin(x).sum())
+f(jnp.ones((16, 16))).block_until_ready()
+print(len(hits))
+"""
+
+
+def test_second_process_start_hits_the_compilation_cache(tmp_path):
+    """A fresh process compiling the same program loads it from the cache directory: it
+    records a cache hit and writes no new entry; the first process wrote at least one."""
+    cache = tmp_path / "cache"
+    env = _subprocess_env(1)
+
+    def start():
+        proc = subprocess.run([sys.executable, "-c", _CACHE_CHILD, str(cache)], env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        where, hits = proc.stdout.split()
+        assert where == str(cache)
+        return int(hits), sorted(p.name for p in cache.iterdir())
+
+    hits1, files1 = start()
+    hits2, files2 = start()
+    assert hits1 == 0 and len(files1) >= 1
+    assert hits2 >= 1 and files2 == files1
+
+
+def test_compilation_cache_can_be_turned_off(monkeypatch):
+    monkeypatch.setenv(parallel.CACHE_DIR_ENV, "none")
+    before = jax.config.jax_enable_compilation_cache
+    try:
+        assert parallel.enable_compilation_cache() is None
+        assert not jax.config.jax_enable_compilation_cache
+    finally:
+        jax.config.update("jax_enable_compilation_cache", before)

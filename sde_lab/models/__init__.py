@@ -51,6 +51,12 @@ def sizes(name: str) -> list[str]:
     return sorted(_MODELS[name][1])
 
 
+def field_names(name: str) -> list[str]:
+    """The fields `make(name, ...)` accepts, e.g. "remat" is one of ncsnpp's, not mlp's."""
+    REGISTRY.check_name(name)
+    return sorted({f.name for f in dataclasses.fields(_MODELS[name][0])} - {"parent", "name"})
+
+
 def _check_fields(name: str, fields: dict) -> None:
     """Range checks of the fields most networks share (the rest fail at init)."""
     dropout = fields.get("dropout", 0.0)
@@ -72,7 +78,7 @@ def make(name: str, size: str | None = None, **fields) -> nn.Module:
     cls, table = _MODELS[name]
     if size is not None and size not in table:
         raise ValueError(f"unknown size '{size}' for model '{name}'; available: {sorted(table)}")
-    valid = {f.name for f in dataclasses.fields(cls)} - {"parent", "name"}
+    valid = set(field_names(name))
     unknown = sorted(set(fields) - valid)
     if unknown:
         raise ValueError(f"unknown field(s) {unknown} for model '{name}'; "

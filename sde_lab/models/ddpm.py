@@ -40,6 +40,11 @@ class DDPM(nn.Module):
         channels need norm_groups=32.
       rescale_input: map x from [0, 1] to 2 x - 1 first, as score_sde's networks do when
         trained on data.centered=False.
+      dtype: compute dtype, "float32" or "bfloat16" (see `layers`); the output is float32.
+      param_dtype: dtype the parameters are stored in ("float32").
+      remat: recompute residual-block activations in the backward pass (`nn.remat`).
+      conv_backward: kernel-gradient method of stride-1 convs, "auto" | "xla" | "gemm"
+        (see `sde_lab.models.ncsnpp.NCSNpp`).
     """
 
     nf: int = 128
@@ -52,8 +57,14 @@ class DDPM(nn.Module):
     num_classes: int = 0
     norm_groups: int = 0
     rescale_input: bool = False
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    remat: bool = False
+    conv_backward: str = "auto"
 
     def __post_init__(self):
+        layers.check_dtypes(self.dtype, self.param_dtype)
+        layers.check_choice("conv_backward", self.conv_backward, layers.CONV_BACKWARDS)
         layers.check_choice("nonlinearity", self.nonlinearity, layers.ACTIVATIONS)
         if not self.ch_mult or self.nf < 1 or self.num_res_blocks < 1:
             raise ValueError("DDPM needs nf >= 1, num_res_blocks >= 1 and a non-empty ch_mult")
@@ -73,16 +84,19 @@ class DDPM(nn.Module):
         if y is not None and not self.num_classes:
             raise ValueError("labels y given but num_classes=0; build with num_classes > 0")
         act = layers.get_act(self.nonlinearity)
+        dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        cv = dict(conv_backward=self.conv_backward, **dt)
         temb = layers.timestep_embedding(t, self.nf)
-        temb = nn.Dense(4 * self.nf, kernel_init=layers.default_init())(temb)
-        temb = nn.Dense(4 * self.nf, kernel_init=layers.default_init())(act(temb))
+        temb = nn.Dense(4 * self.nf, kernel_init=layers.default_init(), **dt)(temb)
+        temb = nn.Dense(4 * self.nf, kernel_init=layers.default_init(), **dt)(act(temb))
         if self.num_classes:
-            temb = temb + layers.LabelEmbedding(self.num_classes, 4 * self.nf)(y, x.shape[0])
+            temb = temb + layers.LabelEmbedding(self.num_classes, 4 * self.nf,
+                                                param_dtype=self.param_dtype)(y, x.shape[0])
 
         ResBlock = functools.partial(layers.ResnetBlockDDPM, act=act, dropout=self.dropout,
-                                     norm_groups=self.norm_groups)
-        Attn = functools.partial(layers.AttnBlock, norm_groups=self.norm_groups)
-        hs = [layers.conv(2.0 * x - 1.0 if self.rescale_input else x, self.nf)]
+                                     norm_groups=self.norm_groups, remat=self.remat, **cv)
+        Attn = functools.partial(layers.AttnBlock, norm_groups=self.norm_groups, **dt)
+        hs = [layers.conv(2.0 * x - 1.0 if self.rescale_input else x, self.nf, **cv)]
         for level in range(num_levels):
             for _ in range(self.num_res_blocks):
                 h = ResBlock(out_ch=self.nf * self.ch_mult[level])(hs[-1], temb, train)
@@ -90,7 +104,7 @@ class DDPM(nn.Module):
                     h = Attn()(h)
                 hs.append(h)
             if level != num_levels - 1:
-                hs.append(layers.Downsample(with_conv=self.resamp_with_conv)(hs[-1]))
+                hs.append(layers.Downsample(with_conv=self.resamp_with_conv, **cv)(hs[-1]))
 
         h = ResBlock()(hs[-1], temb, train)
         h = Attn()(h)
@@ -103,10 +117,10 @@ class DDPM(nn.Module):
             if h.shape[1] in self.attn_resolutions:
                 h = Attn()(h)
             if level != 0:
-                h = layers.Upsample(with_conv=self.resamp_with_conv)(h)
+                h = layers.Upsample(with_conv=self.resamp_with_conv, **cv)(h)
 
-        h = act(layers.group_norm(h, self.norm_groups))
-        return layers.conv(h, x.shape[-1], init_scale=0.0)
+        h = act(layers.group_norm(h, self.norm_groups, **dt))
+        return layers.conv(h, x.shape[-1], init_scale=0.0, **cv).astype(jnp.float32)
 
 
 SIZES: dict[str, dict] = {

@@ -9,19 +9,48 @@ PyTorch code), because they shape early training:
 * `ncsn_conv`: PyTorch's default, uniform with bound sqrt(1 / fan_in) for kernel and bias.
 
 All image tensors are NHWC: `[B, H, W, C]`.
+
+Mixed precision (Flax's convention): every module takes `dtype`, the dtype of the
+computation (convolutions, matmuls, activations), and `param_dtype`, the dtype parameters
+are stored in (float32 by default; an optimizer then updates float32 weights that are cast
+to `dtype` at each use). What bfloat16's 8-bit mantissa cannot carry stays in float32:
+GroupNorm statistics, attention logits and their softmax, sinusoidal/Fourier embedding
+arguments (t up to 999 or 2 pi 16 log sigma: a bfloat16 phase would be off by radians).
+The networks cast their output to float32, so losses are computed in float32.
+
+`remat=True` on the residual blocks (`nn.remat`) recomputes their activations in the
+backward pass instead of storing them: less memory for about one more forward pass of
+compute. Parameters and outputs are unchanged.
 """
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.custom_derivatives import SymbolicZero
 
 Array = jax.Array
+Dtype = Any  # a jnp dtype or its name ("float32", "bfloat16")
+
+COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def check_dtypes(dtype: Dtype, param_dtype: Dtype) -> None:
+    """Raises ValueError unless both name floating dtypes sde_lab supports."""
+    for option, value in (("dtype", dtype), ("param_dtype", param_dtype)):
+        try:
+            name = jnp.dtype(value).name
+        except TypeError:
+            name = None
+        if name not in COMPUTE_DTYPES:
+            raise ValueError(f"{option}={value!r} is not valid; choose from "
+                             f"{list(COMPUTE_DTYPES)}")
 
 ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
     "swish": nn.swish,
@@ -58,17 +87,132 @@ def default_init(scale: float = 1.0):
     return jax.nn.initializers.variance_scaling(scale, "fan_avg", "uniform")
 
 
+# ----------------------------------------------------------------------------------------
+# Convolutions whose kernel gradient is a matrix product per kernel tap.
+# ----------------------------------------------------------------------------------------
+
+CONV_BACKWARDS = ("auto", "xla", "gemm")
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def _explicit_padding(padding, kernel_hw: Sequence[int]) -> tuple[tuple[int, int], ...] | None:
+    """Stride-1 padding as ((lo, hi), (lo, hi)); None for a mode this module does not map."""
+    if isinstance(padding, str):
+        if padding == "VALID":
+            return ((0, 0), (0, 0))
+        if padding == "SAME":
+            return tuple(((k - 1) // 2, k - 1 - (k - 1) // 2) for k in kernel_hw)
+        return None
+    return tuple((int(lo), int(hi)) for lo, hi in padding)
+
+
+def _conv_by_taps(x: Array, w: Array, padding, precision) -> Array:
+    """The stride-1 NHWC/HWIO convolution as a sum over kernel taps (i, j) of the product
+    z_ij = x [N, C_in] @ w[i, j] [C_in, C_out] (N = B * H * W), shifted into place:
+    y[h, w] = sum_ij z_ij[h + i - top, w + j - left] (zero outside the image).
+
+    x enters unshifted, so as the linear map of w that reverse mode transposes it keeps
+    only x itself as a residual (no shifted copies), and its transpose is, per tap, a
+    window of the zero-padded output cotangent contracted with x over N.
+    """
+    (top, bottom), (left, right) = padding
+    kh, kw, c_in, c_out = w.shape
+    b, h, wd = x.shape[:3]
+    h_out, w_out = h + top + bottom - kh + 1, wd + left + right - kw + 1
+    flat = x.reshape(b * h * wd, c_in)
+    out = None
+    for i in range(kh):
+        for j in range(kw):
+            z = jnp.dot(flat, w[i, j], precision=precision).reshape(b, h, wd, c_out)
+            z = jnp.pad(z, ((0, 0), (top, bottom), (left, right), (0, 0)))
+            term = z[:, i:i + h_out, j:j + w_out, :]
+            out = term if out is None else out + term
+    # Transposed, the barrier materialises the output cotangent once before its kh * kw
+    # windows are read; without it XLA fuses the cotangent's elementwise producers (the
+    # GroupNorm/swish backward) into every window and computes them kh * kw times.
+    return jax.lax.optimization_barrier(out)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
+def _gemm_backward_conv(x: Array, w: Array, padding, precision) -> Array:
+    return jax.lax.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=_NHWC,
+                                        precision=precision)
+
+
+@functools.partial(_gemm_backward_conv.defjvp, symbolic_zeros=True)
+def _gemm_backward_conv_jvp(padding, precision, primals, tangents):
+    """Tangent conv(dx, w) + conv(x, dw): the first as XLA's convolution (its transpose, the
+    input gradient, is XLA's efficient one), the second as `_conv_by_taps`, whose transpose
+    (the kernel gradient) is one [C_in, N] x [N, C_out] matrix product per tap."""
+    x, w = primals
+    dx, dw = tangents
+    y = jax.lax.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=_NHWC,
+                                     precision=precision)
+    terms = []
+    if not isinstance(dx, SymbolicZero):
+        terms.append(jax.lax.conv_general_dilated(dx, w, (1, 1), padding,
+                                                  dimension_numbers=_NHWC, precision=precision))
+    if not isinstance(dw, SymbolicZero):
+        terms.append(_conv_by_taps(x, dw, padding, precision))
+    if not terms:
+        return y, jnp.zeros_like(y)
+    return y, terms[0] if len(terms) == 1 else terms[0] + terms[1]
+
+
+def gemm_backward_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                       dimension_numbers=None, feature_group_count=1, precision=None,
+                       **kwargs) -> Array:
+    """`lax.conv_general_dilated` with the kernel gradient computed as matrix products.
+
+    For a stride-1, undilated, ungrouped NHWC/HWIO convolution (every 3x3 and 1x1 conv of
+    the U-Nets) the forward pass and the input gradient are XLA's convolutions, and the
+    kernel gradient dW[i, j] = x_shifted(i, j)^T dY is one GEMM per tap (9 for 3x3), which
+    XLA:CPU runs near its matmul rate, where its transposed convolution for the kernel
+    gradient ran at a third to a half of it (2-core AVX2 CPU, jaxlib 0.10.2). Same
+    numbers up to float summation order; forward-mode derivatives (the likelihood's JVPs)
+    work. Any other convolution goes to `lax.conv_general_dilated` unchanged. Pass it as
+    `flax.linen.Conv(..., conv_general_dilated=gemm_backward_conv)`.
+    """
+    simple = (tuple(window_strides) == (1, 1) and lhs.ndim == 4 and feature_group_count == 1
+              and all(d == 1 for d in (lhs_dilation or (1, 1)))
+              and all(d == 1 for d in (rhs_dilation or (1, 1)))
+              and not kwargs.get("preferred_element_type")
+              and dimension_numbers == jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape,
+                                                                      _NHWC))
+    explicit = _explicit_padding(padding, rhs.shape[:2]) if simple else None
+    if explicit is None:
+        return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
+                                            rhs_dilation, dimension_numbers,
+                                            feature_group_count, precision=precision, **kwargs)
+    return _gemm_backward_conv(lhs, rhs, explicit, precision)
+
+
+def conv_fn(conv_backward: str):
+    """The `conv_general_dilated` for flax.linen.Conv: None (lax's) for "xla",
+    `gemm_backward_conv` for "gemm"; "auto" is "gemm" when the default backend is the CPU
+    (where it is faster) and "xla" elsewhere (GPU/TPU convolution libraries compute kernel
+    gradients well). Resolved when the network is traced."""
+    check_choice("conv_backward", conv_backward, CONV_BACKWARDS)
+    if conv_backward == "auto":
+        conv_backward = "gemm" if jax.default_backend() == "cpu" else "xla"
+    return None if conv_backward == "xla" else gemm_backward_conv
+
+
 def conv(x: Array, features: int, kernel: int = 3, stride: int = 1, init_scale: float = 1.0,
-         use_bias: bool = True) -> Array:
+         use_bias: bool = True, dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32,
+         conv_backward: str = "xla") -> Array:
     """kxk 'SAME' convolution with DDPM initialisation (zero bias). Call inside @compact."""
     return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding="SAME",
                    use_bias=use_bias, kernel_init=default_init(init_scale),
-                   bias_init=jax.nn.initializers.zeros)(x)
+                   bias_init=jax.nn.initializers.zeros, dtype=dtype, param_dtype=param_dtype,
+                   conv_general_dilated=conv_fn(conv_backward))(x)
 
 
-def nin(x: Array, features: int, init_scale: float = 0.1) -> Array:
+def nin(x: Array, features: int, init_scale: float = 0.1, dtype: Dtype = jnp.float32,
+        param_dtype: Dtype = jnp.float32) -> Array:
     """1x1 'network in network' projection over channels (DDPM's `nin`)."""
-    return nn.Dense(features, kernel_init=default_init(init_scale))(x)
+    return nn.Dense(features, kernel_init=default_init(init_scale), dtype=dtype,
+                    param_dtype=param_dtype)(x)
 
 
 def num_groups(channels: int) -> int:
@@ -80,9 +224,56 @@ def num_groups(channels: int) -> int:
     return g
 
 
-def group_norm(x: Array, groups: int = 0) -> Array:
+class GroupNorm(nn.Module):
+    """GroupNorm (Wu & He 2018) of channels-last inputs [B, ..., C]: what flax.linen.GroupNorm
+    computes, with the same parameters ("scale" [C], "bias" [C]) and epsilon.
+
+    y = (x - mean_g) * rsqrt(var_g + eps) * scale + bias, with the mean and variance of
+    each example's group g of C / num_groups channels over all positions, computed in
+    float32 whatever `dtype` is (var = E[x^2] - E[x]^2 clipped at 0: one pass over x,
+    flax's "fast variance"). The sums run over positions first, per channel (a reduction
+    XLA:CPU vectorises along the contiguous channel axis), then over each group's few
+    channels; reducing [B, N, G, C/G] over (N, C/G) at once, as flax does, measured about
+    1.5x slower for forward + backward on CPU. The normalisation is one fused
+    elementwise pass, (x - mean) * (rsqrt(var + eps) * scale) + bias, per-channel factors
+    broadcast rather than `jnp.repeat`ed.
+    """
+
+    num_groups: int = 32
+    epsilon: float = 1e-6
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        c, g = x.shape[-1], self.num_groups
+        if c % g:
+            raise ValueError(f"GroupNorm: num_groups={g} must divide the {c} channels")
+        batch = x.shape[0]
+        flat = x.astype(jnp.float32).reshape(batch, -1, c)                 # [B, N, C]
+        count = flat.shape[1] * (c // g)
+
+        def group_mean(v):  # [B, N, C] -> [B, G]
+            return v.sum(axis=1).reshape(batch, g, c // g).sum(axis=-1) / count
+
+        mean = group_mean(flat)
+        var = jnp.maximum(group_mean(jnp.square(flat)) - jnp.square(mean), 0.0)
+        scale = self.param("scale", jax.nn.initializers.ones, (c,), self.param_dtype)
+        bias = self.param("bias", jax.nn.initializers.zeros, (c,), self.param_dtype)
+        mul = (jax.lax.rsqrt(var + self.epsilon)[:, :, None]
+               * scale.astype(jnp.float32).reshape(1, g, c // g))           # [B, G, C/G]
+        per_channel = (batch,) + (1,) * (x.ndim - 2) + (c,)
+        mean = jnp.broadcast_to(mean[:, :, None], (batch, g, c // g)).reshape(per_channel)
+        bias = bias.astype(jnp.float32).reshape((1,) * (x.ndim - 1) + (c,))
+        y = (x.astype(jnp.float32) - mean) * mul.reshape(per_channel) + bias
+        return y.astype(self.dtype)
+
+
+def group_norm(x: Array, groups: int = 0, dtype: Dtype = jnp.float32,
+               param_dtype: Dtype = jnp.float32) -> Array:
     """GroupNorm over `groups` groups; 0: num_groups(C) (32 from 128 channels)."""
-    return nn.GroupNorm(num_groups=groups or num_groups(x.shape[-1]))(x)
+    return GroupNorm(num_groups=groups or num_groups(x.shape[-1]), dtype=dtype,
+                     param_dtype=param_dtype)(x)
 
 
 def timestep_embedding(t: Array, dim: int, max_positions: float = 10000.0) -> Array:
@@ -106,11 +297,14 @@ class GaussianFourierProjection(nn.Module):
 
     embedding_size: int = 256
     scale: float = 1.0
+    param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, t: Array) -> Array:
-        w = self.param("W", jax.nn.initializers.normal(stddev=self.scale), (self.embedding_size,))
-        proj = t[:, None] * jax.lax.stop_gradient(w)[None, :] * (2 * np.pi)
+        w = self.param("W", jax.nn.initializers.normal(stddev=self.scale), (self.embedding_size,),
+                       self.param_dtype)
+        w = jax.lax.stop_gradient(w).astype(jnp.float32)
+        proj = t.astype(jnp.float32)[:, None] * w[None, :] * (2 * np.pi)  # phases in float32
         return jnp.concatenate([jnp.sin(proj), jnp.cos(proj)], axis=-1)
 
 
@@ -125,15 +319,20 @@ class AttnBlock(nn.Module):
     skip_rescale: bool = False
     init_scale: float = 0.0
     norm_groups: int = 0
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         b, h, w, c = x.shape
-        y = group_norm(x, self.norm_groups)
-        q, k, v = nin(y, c), nin(y, c), nin(y, c)
-        logits = jnp.einsum("bhwc,bHWc->bhwHW", q, k).reshape(b, h, w, h * w) * c**-0.5
-        weights = jax.nn.softmax(logits, axis=-1).reshape(b, h, w, h, w)
-        y = nin(jnp.einsum("bhwHW,bHWc->bhwc", weights, v), c, init_scale=self.init_scale)
+        dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        y = group_norm(x, self.norm_groups, **dt).reshape(b, h * w, c)
+        q, k, v = nin(y, c, **dt), nin(y, c, **dt), nin(y, c, **dt)
+        # Logits and softmax in float32: exp amplifies a logit's bfloat16 rounding.
+        logits = jnp.einsum("bic,bjc->bij", q, k, preferred_element_type=jnp.float32)
+        weights = jax.nn.softmax(logits * c**-0.5, axis=-1).astype(self.dtype)
+        y = nin(jnp.einsum("bij,bjc->bic", weights, v), c, init_scale=self.init_scale, **dt)
+        y = y.reshape(b, h, w, c)
         return (x + y) / np.sqrt(2.0) if self.skip_rescale else x + y
 
 
@@ -218,11 +417,14 @@ class FIRConv(nn.Module):
     down: bool = False
     fir_kernel: tuple[int, ...] = (1, 3, 3, 1)
     kernel: int = 3
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         w = self.param("kernel", default_init(),
-                       (self.kernel, self.kernel, x.shape[-1], self.features))
+                       (self.kernel, self.kernel, x.shape[-1], self.features), self.param_dtype)
+        x, w = x.astype(self.dtype), w.astype(self.dtype)
         dn = ("NHWC", "HWIO", "NHWC")
         if self.up:
             k1 = _fir_kernel(self.fir_kernel, gain=4.0)
@@ -236,8 +438,8 @@ class FIRConv(nn.Module):
             x = jax.lax.conv_general_dilated(x, w, (2, 2), "VALID", dimension_numbers=dn)
         else:
             x = jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=dn)
-        bias = self.param("bias", jax.nn.initializers.zeros, (self.features,))
-        return x + bias.reshape(1, 1, 1, -1)
+        bias = self.param("bias", jax.nn.initializers.zeros, (self.features,), self.param_dtype)
+        return x + bias.astype(self.dtype).reshape(1, 1, 1, -1)
 
 
 class Upsample(nn.Module):
@@ -247,15 +449,19 @@ class Upsample(nn.Module):
     with_conv: bool = False
     fir: bool = False
     fir_kernel: tuple[int, ...] = (1, 3, 3, 1)
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    conv_backward: str = "xla"
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         out_ch = self.out_ch or x.shape[-1]
+        dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         if not self.fir:
             h = naive_upsample_2d(x)
-            return conv(h, out_ch) if self.with_conv else h
+            return conv(h, out_ch, conv_backward=self.conv_backward, **dt) if self.with_conv else h
         if self.with_conv:
-            return FIRConv(out_ch, up=True, fir_kernel=self.fir_kernel)(x)
+            return FIRConv(out_ch, up=True, fir_kernel=self.fir_kernel, **dt)(x)
         return upsample_2d(x, self.fir_kernel)
 
 
@@ -266,15 +472,21 @@ class Downsample(nn.Module):
     with_conv: bool = False
     fir: bool = False
     fir_kernel: tuple[int, ...] = (1, 3, 3, 1)
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    conv_backward: str = "xla"
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         out_ch = self.out_ch or x.shape[-1]
+        dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         if not self.fir:
             # TF-style SAME padding for stride 2 pads (0, 1), as in DDPM/score_sde.
-            return conv(x, out_ch, stride=2) if self.with_conv else naive_downsample_2d(x)
+            if not self.with_conv:
+                return naive_downsample_2d(x)
+            return conv(x, out_ch, stride=2, conv_backward=self.conv_backward, **dt)
         if self.with_conv:
-            return FIRConv(out_ch, down=True, fir_kernel=self.fir_kernel)(x)
+            return FIRConv(out_ch, down=True, fir_kernel=self.fir_kernel, **dt)(x)
         return downsample_2d(x, self.fir_kernel)
 
 
@@ -283,11 +495,22 @@ class Downsample(nn.Module):
 # ----------------------------------------------------------------------------------------
 
 
-def _add_temb(h: Array, temb: Array | None, act) -> Array:
+def _add_temb(h: Array, temb: Array | None, act, dt: dict) -> Array:
     """Adds a per-channel bias computed from the conditioning embedding [B, E]."""
     if temb is None:
         return h
-    return h + nn.Dense(h.shape[-1], kernel_init=default_init())(act(temb))[:, None, None, :]
+    return h + nn.Dense(h.shape[-1], kernel_init=default_init(), **dt)(act(temb))[:, None, None, :]
+
+
+def checkpointed(block: nn.Module, body: Callable, *args):
+    """body(block, *args), with activations recomputed in the backward pass if block.remat.
+
+    The last argument (`train`, a Python bool) is static. Lifting the body rather than
+    the module class keeps the block's name, so parameters are the same either way.
+    """
+    if not block.remat:
+        return body(block, *args)
+    return nn.remat(body, static_argnums=(len(args),))(block, *args)
 
 
 class ResnetBlockDDPM(nn.Module):
@@ -304,17 +527,26 @@ class ResnetBlockDDPM(nn.Module):
     skip_rescale: bool = False
     init_scale: float = 0.0
     norm_groups: int = 0
+    remat: bool = False
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    conv_backward: str = "xla"
+
+    def __call__(self, x: Array, temb: Array | None = None, train: bool = False) -> Array:
+        return checkpointed(self, type(self)._block, x, temb, train)
 
     @nn.compact
-    def __call__(self, x: Array, temb: Array | None = None, train: bool = False) -> Array:
+    def _block(self, x: Array, temb: Array | None, train: bool) -> Array:
         out_ch = self.out_ch or x.shape[-1]
-        h = conv(self.act(group_norm(x, self.norm_groups)), out_ch)
-        h = _add_temb(h, temb, self.act)
-        h = nn.Dropout(self.dropout)(self.act(group_norm(h, self.norm_groups)),
+        dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        cv = dict(conv_backward=self.conv_backward, **dt)
+        h = conv(self.act(group_norm(x, self.norm_groups, **dt)), out_ch, **cv)
+        h = _add_temb(h, temb, self.act, dt)
+        h = nn.Dropout(self.dropout)(self.act(group_norm(h, self.norm_groups, **dt)),
                                      deterministic=not train)
-        h = conv(h, out_ch, init_scale=self.init_scale)
+        h = conv(h, out_ch, init_scale=self.init_scale, **cv)
         if x.shape[-1] != out_ch:
-            x = nin(x, out_ch)
+            x = nin(x, out_ch, **dt)
         return (x + h) / np.sqrt(2.0) if self.skip_rescale else x + h
 
 
@@ -334,6 +566,10 @@ class ResnetBlockBigGAN(nn.Module):
     fir_kernel: tuple[int, ...] = (1, 3, 3, 1)
     skip_rescale: bool = True
     init_scale: float = 0.0
+    remat: bool = False
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    conv_backward: str = "xla"
 
     def _resample(self, x: Array) -> Array:
         if self.up:
@@ -342,16 +578,21 @@ class ResnetBlockBigGAN(nn.Module):
             return downsample_2d(x, self.fir_kernel) if self.fir else naive_downsample_2d(x)
         return x
 
-    @nn.compact
     def __call__(self, x: Array, temb: Array | None = None, train: bool = False) -> Array:
+        return checkpointed(self, type(self)._block, x, temb, train)
+
+    @nn.compact
+    def _block(self, x: Array, temb: Array | None, train: bool) -> Array:
         out_ch = self.out_ch or x.shape[-1]
-        h = self._resample(self.act(group_norm(x)))
+        dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        cv = dict(conv_backward=self.conv_backward, **dt)
+        h = self._resample(self.act(group_norm(x, **dt)))
         x = self._resample(x)
-        h = _add_temb(conv(h, out_ch), temb, self.act)
-        h = nn.Dropout(self.dropout)(self.act(group_norm(h)), deterministic=not train)
-        h = conv(h, out_ch, init_scale=self.init_scale)
+        h = _add_temb(conv(h, out_ch, **cv), temb, self.act, dt)
+        h = nn.Dropout(self.dropout)(self.act(group_norm(h, **dt)), deterministic=not train)
+        h = conv(h, out_ch, init_scale=self.init_scale, **cv)
         if x.shape[-1] != out_ch or self.up or self.down:
-            x = conv(x, out_ch, kernel=1)
+            x = conv(x, out_ch, kernel=1, **cv)
         return (x + h) / np.sqrt(2.0) if self.skip_rescale else x + h
 
 
@@ -359,10 +600,14 @@ class Combine(nn.Module):
     """Merges an input-pyramid image into features: 1x1 conv then concat or sum."""
 
     method: str = "cat"
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    conv_backward: str = "xla"
 
     @nn.compact
     def __call__(self, x: Array, y: Array) -> Array:
-        h = conv(x, y.shape[-1], kernel=1)
+        h = conv(x, y.shape[-1], kernel=1, dtype=self.dtype, param_dtype=self.param_dtype,
+                 conv_backward=self.conv_backward)
         return jnp.concatenate([h, y], axis=-1) if self.method == "cat" else h + y
 
 
@@ -376,6 +621,7 @@ class LabelEmbedding(nn.Module):
 
     num_classes: int
     features: int
+    param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, y: Array | None, batch: int) -> Array:
@@ -383,5 +629,5 @@ class LabelEmbedding(nn.Module):
             y = jnp.full((batch,), self.num_classes, jnp.int32)
         if y.shape != (batch,):
             raise ValueError(f"class labels y must have shape [{batch}]; got {y.shape}")
-        return nn.Embed(self.num_classes + 1, self.features,
+        return nn.Embed(self.num_classes + 1, self.features, param_dtype=self.param_dtype,
                         embedding_init=jax.nn.initializers.normal(1.0))(y)

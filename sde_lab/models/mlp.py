@@ -8,19 +8,23 @@ The conditioning value (999 t for "eps", log sigma for "score", ...) is embedded
 sinusoidally (DDPM's transformer embedding) or with fixed random Gaussian Fourier
 features (Tancik et al. 2020; NCSN++'s choice for continuous sigma), then passed through a
 two-layer MLP. The output layer is zero-initialised, so the untrained model outputs 0.
+Mixed precision as in `sde_lab.models.layers`: dense layers in `dtype`, LayerNorm statistics
+and embedding phases in float32, float32 output.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sde_lab.models.layers import LabelEmbedding
+from sde_lab.models import layers
 
 Array = jax.Array
+Dtype = Any
 
 EMBEDDINGS = ("sinusoidal", "fourier")
 
@@ -39,11 +43,14 @@ class GaussianFourierEmbedding(nn.Module):
 
     dim: int
     scale: float = 16.0
+    param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, t: Array) -> Array:
-        w = self.param("w", nn.initializers.normal(self.scale), (1, self.dim // 2))
-        args = 2.0 * math.pi * t.astype(jnp.float32)[:, None] * jax.lax.stop_gradient(w)
+        w = self.param("w", nn.initializers.normal(self.scale), (1, self.dim // 2),
+                       self.param_dtype)
+        w = jax.lax.stop_gradient(w).astype(jnp.float32)
+        args = 2.0 * math.pi * t.astype(jnp.float32)[:, None] * w
         return jnp.concatenate([jnp.sin(args), jnp.cos(args)], 1)
 
 
@@ -51,12 +58,15 @@ class ResidualBlock(nn.Module):
     """Pre-LayerNorm residual block with the embedding added after the first layer."""
 
     hidden: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, h: Array, emb: Array) -> Array:
-        y = nn.Dense(self.hidden)(nn.swish(nn.LayerNorm()(h)))
-        y = nn.swish(y + nn.Dense(self.hidden)(emb))
-        return h + nn.Dense(self.hidden)(y)
+        dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        y = nn.Dense(self.hidden, **dt)(nn.swish(nn.LayerNorm(**dt)(h)))
+        y = nn.swish(y + nn.Dense(self.hidden, **dt)(emb))
+        return h + nn.Dense(self.hidden, **dt)(y)
 
 
 class MLP(nn.Module):
@@ -72,6 +82,8 @@ class MLP(nn.Module):
       num_classes: > 0 adds a class-label embedding to the time embedding (y in
         [0, num_classes); y = num_classes or None is "no label", see
         layers.LabelEmbedding).
+      dtype: compute dtype, "float32" or "bfloat16"; the output is float32.
+      param_dtype: dtype the parameters are stored in ("float32").
     """
 
     hidden: int = 128
@@ -81,6 +93,12 @@ class MLP(nn.Module):
     fourier_scale: float = 16.0
     max_period: float = 10000.0
     num_classes: int = 0
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+
+    def __post_init__(self):
+        layers.check_dtypes(self.dtype, self.param_dtype)
+        super().__post_init__()
 
     def _check(self, x: Array, cond: Array) -> None:
         if self.embedding not in EMBEDDINGS:
@@ -97,18 +115,22 @@ class MLP(nn.Module):
         self._check(x, cond)
         if y is not None and not self.num_classes:
             raise ValueError("mlp: labels y given but num_classes=0; build with num_classes > 0")
+        dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         if self.embedding == "sinusoidal":
             emb = sinusoidal_embedding(cond, self.embed_dim, self.max_period)
         else:
-            emb = GaussianFourierEmbedding(self.embed_dim, self.fourier_scale)(cond)
-        emb = nn.Dense(self.hidden)(nn.swish(nn.Dense(self.hidden)(emb)))
+            emb = GaussianFourierEmbedding(self.embed_dim, self.fourier_scale,
+                                           param_dtype=self.param_dtype)(cond)
+        emb = nn.Dense(self.hidden, **dt)(nn.swish(nn.Dense(self.hidden, **dt)(emb)))
         if self.num_classes:
-            emb = emb + LabelEmbedding(self.num_classes, self.hidden)(y, x.shape[0])
-        h = nn.Dense(self.hidden)(x)
+            emb = emb + layers.LabelEmbedding(self.num_classes, self.hidden,
+                                              param_dtype=self.param_dtype)(y, x.shape[0])
+        h = nn.Dense(self.hidden, **dt)(x)
         for i in range(self.num_blocks):
-            h = ResidualBlock(self.hidden, name=f"block_{i}")(h, emb)
-        h = nn.swish(nn.LayerNorm()(h))
-        return nn.Dense(x.shape[-1], kernel_init=nn.initializers.zeros, name="out")(h)
+            h = ResidualBlock(self.hidden, name=f"block_{i}", **dt)(h, emb)
+        h = nn.swish(nn.LayerNorm(**dt)(h))
+        out = nn.Dense(x.shape[-1], kernel_init=nn.initializers.zeros, name="out", **dt)(h)
+        return out.astype(jnp.float32)
 
 
 SIZES: dict[str, dict] = {

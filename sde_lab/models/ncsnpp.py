@@ -60,6 +60,14 @@ class NCSNpp(nn.Module):
         layers.LabelEmbedding for the "no label" index).
       rescale_input: map x from [0, 1] to 2 x - 1 first (also for the input pyramid), as
         score_sde's networks do when trained on data.centered=False (its VE models).
+      dtype: compute dtype, "float32" or "bfloat16" (mixed precision; see `layers`).
+        The output is float32 either way.
+      param_dtype: dtype the parameters are stored in ("float32").
+      remat: recompute each residual block's activations in the backward pass
+        (`nn.remat`): less activation memory for about a third more compute.
+      conv_backward: how stride-1 convolutions compute their kernel gradient: "xla"
+        (transposed convolution), "gemm" (a matrix product per kernel tap, faster on
+        XLA:CPU), "auto" ("gemm" on CPU, "xla" elsewhere). Same results either way.
     """
 
     nf: int = 128
@@ -82,8 +90,14 @@ class NCSNpp(nn.Module):
     nonlinearity: str = "swish"
     num_classes: int = 0
     rescale_input: bool = False
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    remat: bool = False
+    conv_backward: str = "auto"
 
     def __post_init__(self):
+        layers.check_dtypes(self.dtype, self.param_dtype)
+        layers.check_choice("conv_backward", self.conv_backward, layers.CONV_BACKWARDS)
         layers.check_choice("resblock_type", self.resblock_type, RESBLOCK_TYPES)
         layers.check_choice("progressive", self.progressive, PROGRESSIVE)
         layers.check_choice("progressive_input", self.progressive_input, PROGRESSIVE_INPUT)
@@ -102,17 +116,28 @@ class NCSNpp(nn.Module):
         if not self.conditional:
             return None
         if self.embedding_type == "fourier":
-            temb = layers.GaussianFourierProjection(self.nf, self.fourier_scale)(t)
+            temb = layers.GaussianFourierProjection(self.nf, self.fourier_scale,
+                                                    param_dtype=self.param_dtype)(t)
         else:
             temb = layers.timestep_embedding(t, self.nf)
-        temb = nn.Dense(4 * self.nf, kernel_init=layers.default_init())(temb)
-        temb = nn.Dense(4 * self.nf, kernel_init=layers.default_init())(act(temb))
+        temb = nn.Dense(4 * self.nf, kernel_init=layers.default_init(), **self._dt)(temb)
+        temb = nn.Dense(4 * self.nf, kernel_init=layers.default_init(), **self._dt)(act(temb))
         if self.num_classes:
-            temb = temb + layers.LabelEmbedding(self.num_classes, 4 * self.nf)(y, t.shape[0])
+            temb = temb + layers.LabelEmbedding(self.num_classes, 4 * self.nf,
+                                                param_dtype=self.param_dtype)(y, t.shape[0])
         return temb
 
+    @property
+    def _dt(self) -> dict:
+        return dict(dtype=self.dtype, param_dtype=self.param_dtype)
+
+    @property
+    def _cv(self) -> dict:
+        return dict(conv_backward=self.conv_backward, **self._dt)
+
     def _head(self, h: Array, channels: int, act, init_scale: float) -> Array:
-        return layers.conv(act(layers.group_norm(h)), channels, init_scale=init_scale)
+        return layers.conv(act(layers.group_norm(h, **self._dt)), channels,
+                           init_scale=init_scale, **self._cv)
 
     @nn.compact
     def __call__(self, x: Array, t: Array, y: Array | None = None, train: bool = False) -> Array:
@@ -132,7 +157,7 @@ class NCSNpp(nn.Module):
             x = 2.0 * x - 1.0
         # Downsampling path; hs keeps every output for the skip connections.
         input_pyramid = x
-        hs = [layers.conv(x, self.nf)]
+        hs = [layers.conv(x, self.nf, **self._cv)]
         for level in range(num_levels):
             for _ in range(self.num_res_blocks):
                 h = ResBlock(out_ch=self.nf * self.ch_mult[level])(hs[-1], temb, train)
@@ -161,20 +186,20 @@ class NCSNpp(nn.Module):
                 h = self._resample(h, temb, train, ResBlock, up=True)
 
         if self.progressive == "output_skip":
-            return pyramid
-        return self._head(h, x.shape[-1], act, self.init_scale)
+            return pyramid.astype(jnp.float32)
+        return self._head(h, x.shape[-1], act, self.init_scale).astype(jnp.float32)
 
     def _block_types(self, act):
         """The residual-block and attention constructors with this network's options."""
         res_kw = dict(act=act, dropout=self.dropout, init_scale=self.init_scale,
-                      skip_rescale=self.skip_rescale)
+                      skip_rescale=self.skip_rescale, remat=self.remat, **self._cv)
         if self.resblock_type == "ddpm":
             res_block = functools.partial(layers.ResnetBlockDDPM, **res_kw)
         else:
             res_block = functools.partial(layers.ResnetBlockBigGAN, fir=self.fir,
                                           fir_kernel=self.fir_kernel, **res_kw)
         attn = functools.partial(layers.AttnBlock, skip_rescale=self.skip_rescale,
-                                 init_scale=self.init_scale)
+                                 init_scale=self.init_scale, **self._dt)
         return res_block, attn
 
     def _resample(self, h, temb, train, res_block, up: bool):
@@ -182,17 +207,18 @@ class NCSNpp(nn.Module):
         if self.resblock_type == "biggan":
             return res_block(up=up, down=not up)(h, temb, train)
         layer = layers.Upsample if up else layers.Downsample
-        return layer(with_conv=self.resamp_with_conv, fir=self.fir, fir_kernel=self.fir_kernel)(h)
+        return layer(with_conv=self.resamp_with_conv, fir=self.fir, fir_kernel=self.fir_kernel,
+                     **self._cv)(h)
 
     def _input_pyramid(self, h, pyramid):
         """Progressive input: "input_skip" merges the downsampled image into h (Combine);
         "residual" adds a learned downsampling of the previous pyramid level to h."""
-        resample = dict(fir=self.fir, fir_kernel=self.fir_kernel)
+        resample = dict(fir=self.fir, fir_kernel=self.fir_kernel, **self._cv)
         if self.progressive_input == "none":
             return h, pyramid
         if self.progressive_input == "input_skip":
             pyramid = layers.Downsample(with_conv=False, **resample)(pyramid)
-            return layers.Combine(self.progressive_combine)(pyramid, h), pyramid
+            return layers.Combine(self.progressive_combine, **self._cv)(pyramid, h), pyramid
         pyramid = layers.Downsample(out_ch=h.shape[-1], with_conv=True, **resample)(pyramid)
         pyramid = self._skip_sum(pyramid, h)
         return pyramid, pyramid
@@ -205,7 +231,7 @@ class NCSNpp(nn.Module):
         channels); "residual" sums upsampled per-level features into h."""
         if self.progressive == "none":
             return h, None
-        resample = dict(fir=self.fir, fir_kernel=self.fir_kernel)
+        resample = dict(fir=self.fir, fir_kernel=self.fir_kernel, **self._cv)
         if self.progressive == "output_skip":
             pred = self._head(h, out_channels, act, self.init_scale)
             if first:

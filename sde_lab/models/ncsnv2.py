@@ -11,7 +11,8 @@ resolution (conv + mean-pool) when its dilation is 1 and otherwise keeps it and 
 the convolutions, followed by one plain block. RefineBlocks then fuse the levels from the
 deepest up (RCU -> multi-resolution fusion by bilinear resizing -> chained residual
 pooling -> RCU). Normalisation is InstanceNorm++, activation ELU, convs use PyTorch's
-default initialisation (score_sde's `ncsn_conv`).
+default initialisation (score_sde's `ncsn_conv`). Mixed precision as in `layers`: convs in
+`dtype`, InstanceNorm++ statistics in float32, float32 output.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sde_lab.models import layers
+from sde_lab.models.layers import Dtype
 
 Array = jax.Array
 
@@ -34,7 +36,8 @@ def _ncsn_init(scale: float = 1.0):
 
 
 def ncsn_conv(x: Array, features: int, kernel: int = 3, dilation: int = 1,
-              use_bias: bool = True) -> Array:
+              use_bias: bool = True, dtype: Dtype = jnp.float32,
+              param_dtype: Dtype = jnp.float32, conv_backward: str = "xla") -> Array:
     """'SAME' kxk conv with PyTorch init for kernel and bias (bias bound 1/sqrt(fan_in))."""
     fan_in = kernel * kernel * x.shape[-1]
     bound = fan_in**-0.5
@@ -42,7 +45,8 @@ def ncsn_conv(x: Array, features: int, kernel: int = 3, dilation: int = 1,
         key, shape, dtype, -bound, bound)
     return nn.Conv(features, (kernel, kernel), padding="SAME", use_bias=use_bias,
                    kernel_dilation=(dilation, dilation), kernel_init=_ncsn_init(),
-                   bias_init=bias_init)(x)
+                   bias_init=bias_init, dtype=dtype, param_dtype=param_dtype,
+                   conv_general_dilated=layers.conv_fn(conv_backward))(x)
 
 
 def _init_around_one(key, shape, dtype=jnp.float32):
@@ -53,24 +57,29 @@ class InstanceNormPlus(nn.Module):
     """InstanceNorm++ (Song & Ermon 2019, eq. in App. A): instance norm that puts back the
     normalised per-channel means: gamma * (IN(x) + alpha * (mu - mean(mu)) / std(mu)) + beta.
     std(mu) is the biased standard deviation over channels (score_sde), or the unbiased one
-    with `unbiased` (torch.var, as score_sde_pytorch and NCSNv2's PyTorch code)."""
+    with `unbiased` (torch.var, as score_sde_pytorch and NCSNv2's PyTorch code).
+    Statistics and the affine map in float32; the result in `dtype`."""
 
     unbiased: bool = False
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         c = x.shape[-1]
+        x = x.astype(jnp.float32)
         means = jnp.mean(x, axis=(1, 2))
         m = jnp.mean(means, axis=-1, keepdims=True)
         v = jnp.var(means, axis=-1, keepdims=True, ddof=1 if self.unbiased else 0)
         means_plus = (means - m) * jax.lax.rsqrt(v + 1e-5)
         h = (x - means[:, None, None, :]) * jax.lax.rsqrt(
             jnp.var(x, axis=(1, 2), keepdims=True) + 1e-5)
-        alpha, gamma = (self.param(n, _init_around_one, (c,)).reshape(1, 1, 1, c)
-                        for n in ("alpha", "gamma"))
-        beta = self.param("beta", jax.nn.initializers.zeros, (c,)).reshape(1, 1, 1, c)
+        alpha, gamma, beta = (
+            self.param(n, init, (c,), self.param_dtype).astype(jnp.float32).reshape(1, 1, 1, c)
+            for n, init in (("alpha", _init_around_one), ("gamma", _init_around_one),
+                            ("beta", jax.nn.initializers.zeros)))
         h = h + means_plus[:, None, None, :] * alpha
-        return h * gamma + beta
+        return (h * gamma + beta).astype(self.dtype)
 
 
 class ConvMeanPool(nn.Module):
@@ -78,10 +87,15 @@ class ConvMeanPool(nn.Module):
 
     features: int
     kernel: int = 3
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    conv_backward: str = "xla"
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        x = nn.Conv(self.features, (self.kernel, self.kernel), padding="SAME")(x)
+        x = nn.Conv(self.features, (self.kernel, self.kernel), padding="SAME", dtype=self.dtype,
+                    param_dtype=self.param_dtype,
+                    conv_general_dilated=layers.conv_fn(self.conv_backward))(x)
         return layers.naive_downsample_2d(x)
 
 
@@ -93,43 +107,55 @@ class ResidualBlock(nn.Module):
     down: bool = False
     dilation: int = 1
     unbiased_norm: bool = False
+    remat: bool = False
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    conv_backward: str = "xla"
+
+    def __call__(self, x: Array) -> Array:
+        if self.remat:
+            return nn.remat(type(self)._block)(self, x)
+        return self._block(x)
 
     @nn.compact
-    def __call__(self, x: Array) -> Array:
+    def _block(self, x: Array) -> Array:
         d = self.dilation
-        Norm = functools.partial(InstanceNormPlus, unbiased=self.unbiased_norm)
+        dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        cv = dict(conv_backward=self.conv_backward, **dt)
+        Norm = functools.partial(InstanceNormPlus, unbiased=self.unbiased_norm, **dt)
         h = nn.elu(Norm()(x))
         if self.down:
-            h = nn.elu(Norm()(ncsn_conv(h, x.shape[-1], dilation=d)))
+            h = nn.elu(Norm()(ncsn_conv(h, x.shape[-1], dilation=d, **cv)))
             if d > 1:
-                return ncsn_conv(h, self.features, dilation=d) + ncsn_conv(
-                    x, self.features, dilation=d)
-            return ConvMeanPool(self.features)(h) + ConvMeanPool(self.features, kernel=1)(x)
+                return ncsn_conv(h, self.features, dilation=d, **cv) + ncsn_conv(
+                    x, self.features, dilation=d, **cv)
+            return (ConvMeanPool(self.features, **cv)(h)
+                    + ConvMeanPool(self.features, kernel=1, **cv)(x))
         if x.shape[-1] == self.features:
             shortcut = x
         else:
-            shortcut = ncsn_conv(x, self.features, kernel=3 if d > 1 else 1, dilation=d)
-        h = nn.elu(Norm()(ncsn_conv(h, self.features, dilation=d)))
-        return ncsn_conv(h, self.features, dilation=d) + shortcut
+            shortcut = ncsn_conv(x, self.features, kernel=3 if d > 1 else 1, dilation=d, **cv)
+        h = nn.elu(Norm()(ncsn_conv(h, self.features, dilation=d, **cv)))
+        return ncsn_conv(h, self.features, dilation=d, **cv) + shortcut
 
 
-def _rcu(x: Array, features: int, num_blocks: int, num_stages: int = 2) -> Array:
+def _rcu(x: Array, features: int, num_blocks: int, dt: dict, num_stages: int = 2) -> Array:
     """Residual conv units: num_blocks x (num_stages x (ELU, bias-free 3x3 conv)) + skip."""
     for _ in range(num_blocks):
         residual = x
         for _ in range(num_stages):
-            x = ncsn_conv(nn.elu(x), features, use_bias=False)
+            x = ncsn_conv(nn.elu(x), features, use_bias=False, **dt)
         x = x + residual
     return x
 
 
-def _crp(x: Array, features: int, num_stages: int = 2) -> Array:
+def _crp(x: Array, features: int, dt: dict, num_stages: int = 2) -> Array:
     """Chained residual pooling: x += conv(maxpool5x5(path)), chained num_stages times."""
     x = nn.elu(x)
     path = x
     for _ in range(num_stages):
         path = nn.max_pool(path, (5, 5), strides=(1, 1), padding="SAME")
-        path = ncsn_conv(path, features, use_bias=False)
+        path = ncsn_conv(path, features, use_bias=False, **dt)
         x = path + x
     return x
 
@@ -158,23 +184,28 @@ class RefineBlock(nn.Module):
     start: bool = False
     end: bool = False
     align_corners: bool = False
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    conv_backward: str = "xla"
 
     @nn.compact
     def __call__(self, xs: list[Array]) -> Array:
-        hs = [_rcu(x, x.shape[-1], num_blocks=2) for x in xs]
+        dt = dict(dtype=self.dtype, param_dtype=self.param_dtype,
+                  conv_backward=self.conv_backward)  # all for ncsn_conv
+        hs = [_rcu(x, x.shape[-1], 2, dt) for x in xs]
         if self.start:
             h = hs[0]
         else:
             h = 0.0
             for x in hs:
-                y = ncsn_conv(x, self.features)
+                y = ncsn_conv(x, self.features, **dt)
                 if self.align_corners:
                     h = h + resize_align_corners(y, self.output_hw)
                 else:
                     h = h + jax.image.resize(y, (y.shape[0], *self.output_hw, self.features),
                                              "bilinear")
-        h = _crp(h, self.features)
-        return _rcu(h, self.features, num_blocks=3 if self.end else 1)
+        h = _crp(h, self.features, dt)
+        return _rcu(h, self.features, 3 if self.end else 1, dt)
 
 
 class NCSNv2(nn.Module):
@@ -191,6 +222,11 @@ class NCSNv2(nn.Module):
         align_corners=True. Needed for its converted checkpoints (sde_lab.convert).
       rescale_input: map x from [0, 1] to 2 x - 1 first, as score_sde's networks do when
         trained on data.centered=False (its NCSNv2 configs).
+      dtype: compute dtype, "float32" or "bfloat16" (see `layers`); the output is float32.
+      param_dtype: dtype the parameters are stored in ("float32").
+      remat: recompute residual-block activations in the backward pass (`nn.remat`).
+      conv_backward: kernel-gradient method of stride-1 undilated convs, "auto" | "xla" |
+        "gemm" (see `sde_lab.models.ncsnpp.NCSNpp`).
     """
 
     nf: int = 128
@@ -199,8 +235,14 @@ class NCSNv2(nn.Module):
     refine_mult: tuple[int, ...] = (1, 2, 2, 2)
     torch_compat: bool = False
     rescale_input: bool = False
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    remat: bool = False
+    conv_backward: str = "auto"
 
     def __post_init__(self):
+        layers.check_dtypes(self.dtype, self.param_dtype)
+        layers.check_choice("conv_backward", self.conv_backward, layers.CONV_BACKWARDS)
         n = len(self.ch_mult)
         if n < 2 or len(self.dilations) != n or len(self.refine_mult) != n:
             raise ValueError("NCSNv2: ch_mult, dilations and refine_mult need the same "
@@ -220,23 +262,26 @@ class NCSNv2(nn.Module):
         if y is not None:
             raise ValueError("NCSNv2 is not class-conditional; use ncsnpp or ddpm with "
                              "num_classes > 0")
-        Block = functools.partial(ResidualBlock, unbiased_norm=self.torch_compat)
-        Refine = functools.partial(RefineBlock, align_corners=self.torch_compat)
-        h = ncsn_conv(2.0 * x - 1.0 if self.rescale_input else x, self.nf)
-        h = Block(self.nf)(h)
-        feats = [Block(self.nf)(h)]
+        dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        cv = dict(conv_backward=self.conv_backward, **dt)
+        block = functools.partial(ResidualBlock, unbiased_norm=self.torch_compat,
+                                  remat=self.remat, **cv)
+        refine = functools.partial(RefineBlock, align_corners=self.torch_compat, **cv)
+        h = ncsn_conv(2.0 * x - 1.0 if self.rescale_input else x, self.nf, **cv)
+        h = block(self.nf)(h)
+        feats = [block(self.nf)(h)]
         for mult, d in zip(self.ch_mult[1:], self.dilations[1:]):
-            h = Block(mult * self.nf, down=True, dilation=d)(feats[-1])
-            feats.append(Block(mult * self.nf, dilation=d)(h))
+            h = block(mult * self.nf, down=True, dilation=d)(feats[-1])
+            feats.append(block(mult * self.nf, dilation=d)(h))
 
         n = len(feats)
-        h = Refine(feats[-1].shape[1:3], self.refine_mult[-1] * self.nf,
+        h = refine(feats[-1].shape[1:3], self.refine_mult[-1] * self.nf,
                    start=True)([feats[-1]])
         for level in reversed(range(n - 1)):
-            h = Refine(feats[level].shape[1:3], self.refine_mult[level] * self.nf,
+            h = refine(feats[level].shape[1:3], self.refine_mult[level] * self.nf,
                        end=level == 0)([feats[level], h])
-        h = nn.elu(InstanceNormPlus(unbiased=self.torch_compat)(h))
-        return ncsn_conv(h, x.shape[-1])
+        h = nn.elu(InstanceNormPlus(unbiased=self.torch_compat, **dt)(h))
+        return ncsn_conv(h, x.shape[-1], **cv).astype(jnp.float32)
 
 
 SIZES: dict[str, dict] = {

@@ -30,7 +30,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sde_lab.models.layers import LabelEmbedding
+from sde_lab.models import layers
+from sde_lab.models.layers import Dtype
 
 Array = jax.Array
 
@@ -58,34 +59,49 @@ class ResnetBlock(nn.Module):
     channels: int
     dropout: float = 0.0
     num_groups: int = 32
+    remat: bool = False
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    conv_backward: str = "xla"
+
+    def __call__(self, x: Array, cond: Array, train: bool) -> Array:
+        return layers.checkpointed(self, type(self)._block, x, cond, train)
 
     @nn.compact
-    def __call__(self, x: Array, cond: Array, train: bool) -> Array:
-        h = nn.swish(nn.GroupNorm(self.num_groups)(x))
-        h = nn.Conv(self.channels, (3, 3), name="conv1")(h)
+    def _block(self, x: Array, cond: Array, train: bool) -> Array:
+        dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        conv_fn = layers.conv_fn(self.conv_backward)
+        h = nn.swish(layers.GroupNorm(self.num_groups, **dt)(x))
+        h = nn.Conv(self.channels, (3, 3), name="conv1", conv_general_dilated=conv_fn, **dt)(h)
         h = h + nn.Dense(self.channels, use_bias=False, kernel_init=nn.initializers.zeros,
-                         name="cond_proj")(cond)[:, None, None, :]
-        h = nn.swish(nn.GroupNorm(self.num_groups)(h))
+                         name="cond_proj", **dt)(cond)[:, None, None, :]
+        h = nn.swish(layers.GroupNorm(self.num_groups, **dt)(h))
         h = nn.Dropout(self.dropout)(h, deterministic=not train)
-        h = nn.Conv(self.channels, (3, 3), kernel_init=nn.initializers.zeros, name="conv2")(h)
+        h = nn.Conv(self.channels, (3, 3), kernel_init=nn.initializers.zeros, name="conv2",
+                    conv_general_dilated=conv_fn, **dt)(h)
         if x.shape[-1] != self.channels:
-            x = nn.Dense(self.channels, name="nin_shortcut")(x)
+            x = nn.Dense(self.channels, name="nin_shortcut", **dt)(x)
         return x + h
 
 
 class AttnBlock(nn.Module):
-    """Single-head self-attention over all H*W positions, residual, zero-initialised output."""
+    """Single-head self-attention over all H*W positions, residual, zero-initialised output.
+    Logits and softmax in float32."""
 
     num_groups: int = 32
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         b, height, width, c = x.shape
-        h = nn.GroupNorm(self.num_groups)(x).reshape(b, height * width, c)
-        q, k, v = (nn.Dense(c, name=n)(h) for n in ("q", "k", "v"))
-        weights = jax.nn.softmax(jnp.einsum("bic,bjc->bij", q, k) / math.sqrt(c), axis=-1)
+        dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        h = layers.GroupNorm(self.num_groups, **dt)(x).reshape(b, height * width, c)
+        q, k, v = (nn.Dense(c, name=n, **dt)(h) for n in ("q", "k", "v"))
+        logits = jnp.einsum("bic,bjc->bij", q, k, preferred_element_type=jnp.float32)
+        weights = jax.nn.softmax(logits / math.sqrt(c), axis=-1).astype(self.dtype)
         h = jnp.einsum("bij,bjc->bic", weights, v)
-        h = nn.Dense(c, kernel_init=nn.initializers.zeros, name="proj_out")(h)
+        h = nn.Dense(c, kernel_init=nn.initializers.zeros, name="proj_out", **dt)(h)
         return x + h.reshape(x.shape)
 
 
@@ -112,6 +128,13 @@ class VDM(nn.Module):
       num_classes: > 0 adds a class-label embedding to the conditioning vector (y in
         [0, num_classes); y = num_classes or None is "no label", see
         layers.LabelEmbedding).
+      dtype: compute dtype, "float32" or "bfloat16" (see `sde_lab.models.layers`); the
+        Fourier features of the input (phases up to 2^7 2 pi x) and the input skip stay
+        float32, and so does the output.
+      param_dtype: dtype the parameters are stored in ("float32").
+      remat: recompute residual-block activations in the backward pass (`nn.remat`).
+      conv_backward: kernel-gradient method of the 3x3 convs, "auto" | "xla" | "gemm" (see
+        `sde_lab.models.ncsnpp.NCSNpp`).
     """
 
     channels: int = 128
@@ -125,6 +148,15 @@ class VDM(nn.Module):
     num_groups: int = 32
     input_skip: bool = True
     num_classes: int = 0
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    remat: bool = False
+    conv_backward: str = "auto"
+
+    def __post_init__(self):
+        layers.check_dtypes(self.dtype, self.param_dtype)
+        layers.check_choice("conv_backward", self.conv_backward, layers.CONV_BACKWARDS)
+        super().__post_init__()
 
     def _check(self, x: Array, cond: Array) -> None:
         if x.ndim != 4 or cond.shape != x.shape[:1]:
@@ -144,35 +176,42 @@ class VDM(nn.Module):
         if y is not None and not self.num_classes:
             raise ValueError("vdm: labels y given but num_classes=0; build with num_classes > 0")
         s = (cond - self.gamma_min) / (self.gamma_max - self.gamma_min)
+        dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         emb = timestep_embedding(1000.0 * s, self.channels)
-        emb = nn.swish(nn.Dense(4 * self.channels, name="dense0")(emb))
-        emb = nn.swish(nn.Dense(4 * self.channels, name="dense1")(emb))
+        emb = nn.swish(nn.Dense(4 * self.channels, name="dense0", **dt)(emb))
+        emb = nn.swish(nn.Dense(4 * self.channels, name="dense1", **dt)(emb))
         if self.num_classes:
-            emb = emb + LabelEmbedding(self.num_classes, 4 * self.channels)(y, x.shape[0])
+            emb = emb + layers.LabelEmbedding(self.num_classes, 4 * self.channels,
+                                              param_dtype=self.param_dtype)(y, x.shape[0])
 
         exponents = tuple(range(self.fourier_min, self.fourier_max))
+        x = x.astype(jnp.float32)
         h = jnp.concatenate([x, fourier_features(x, exponents)], -1) if exponents else x
         block = lambda name: ResnetBlock(  # noqa: E731
-            self.channels, self.dropout, self.num_groups, name=name)
-        hs = [nn.Conv(self.channels, (3, 3), name="conv_in")(h)]
+            self.channels, self.dropout, self.num_groups, self.remat, name=name,
+            conv_backward=self.conv_backward, **dt)
+        conv_fn = layers.conv_fn(self.conv_backward)
+        attn = lambda name: AttnBlock(self.num_groups, name=name, **dt)  # noqa: E731
+        hs = [nn.Conv(self.channels, (3, 3), name="conv_in", conv_general_dilated=conv_fn,
+                      **dt)(h)]
         for i in range(self.num_blocks):
             h = block(f"down_block_{i}")(hs[-1], emb, train)
             if self.attention_in_blocks:
-                h = AttnBlock(self.num_groups, name=f"down_attn_{i}")(h)
+                h = attn(f"down_attn_{i}")(h)
             hs.append(h)
 
         h = block("mid_block_1")(hs[-1], emb, train)
-        h = AttnBlock(self.num_groups, name="mid_attn")(h)
+        h = attn("mid_attn")(h)
         h = block("mid_block_2")(h, emb, train)
 
         for i in range(self.num_blocks + 1):
             h = block(f"up_block_{i}")(jnp.concatenate([h, hs.pop()], -1), emb, train)
             if self.attention_in_blocks:
-                h = AttnBlock(self.num_groups, name=f"up_attn_{i}")(h)
+                h = attn(f"up_attn_{i}")(h)
 
-        h = nn.swish(nn.GroupNorm(self.num_groups)(h))
+        h = nn.swish(layers.GroupNorm(self.num_groups, **dt)(h))
         eps = nn.Conv(x.shape[-1], (3, 3), kernel_init=nn.initializers.zeros,
-                      name="conv_out")(h)
+                      name="conv_out", conv_general_dilated=conv_fn, **dt)(h).astype(jnp.float32)
         return eps + x if self.input_skip else eps
 
 
