@@ -63,12 +63,6 @@ def get_default() -> ml_collections.ConfigDict:
     model.parameterization = "eps"        # eps | eps_gamma | score | x0 | edm | velocity | v
     model.dropout = -1.0                  # >= 0 overrides the size's dropout rate
     model.num_classes = 0                 # > 0: class-conditional network (labels from data)
-    model.dtype = "float32"               # compute dtype of the train step: float32 |
-                                          # bfloat16 | float16 (convs and matmuls; params,
-                                          # optimizer state, EMA and checkpoints stay float32,
-                                          # and so do norm statistics, softmax and the loss;
-                                          # sampling and bits/dim always run in float32).
-                                          # float16 has no loss scaling: prefer bfloat16
     model.remat = False                   # recompute residual blocks in the backward pass
                                           # (less activation memory, ~1/3 more compute; same
                                           # results); not for mlp
@@ -118,6 +112,12 @@ def get_default() -> ml_collections.ConfigDict:
     train.sample_every_steps = 0          # 0: no sample grids during training
     train.max_to_keep = 3                 # checkpoints kept (the newest), >= 1
     train.eval_at_end = True              # run the eval (samples, FID, bits/dim) when done
+    train.compute_dtype = "float32"       # compute dtype of the train step: float32 |
+                                          # bfloat16 | float16 (convs and matmuls; params,
+                                          # optimizer state, EMA and checkpoints stay float32,
+                                          # and so do norm statistics, softmax and the loss;
+                                          # sampling and bits/dim always run in float32).
+                                          # float16 has no loss scaling: prefer bfloat16
     train.label_dropout = 0.0             # classifier-free guidance: probability that an
                                           # example's label is replaced by "no label" (Ho &
                                           # Salimans: 0.1-0.2); needs model.num_classes > 0

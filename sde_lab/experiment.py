@@ -425,7 +425,7 @@ class Experiment:
     @functools.cached_property
     def eval_net(self):
         """The network for sampling, likelihoods and the other modes: `net` computing in
-        float32 (same parameters). `model.dtype` is the train step's compute dtype only:
+        float32 (same parameters). `train.compute_dtype` is the train step's compute dtype only:
         the adaptive PF-ODE solves (bits/dim at rtol 1e-5) need float32 evaluations."""
         if getattr(self.net, "dtype", "float32") == "float32":
             return self.net
@@ -504,7 +504,7 @@ class Experiment:
 
 def _apply(net, params, x, cond, kwargs):
     # The networks already return float32; the cast keeps every loss in float32 whatever
-    # model.dtype is.
+    # train.compute_dtype is.
     return net.apply(params, x, cond, **kwargs).astype(jnp.float32)
 
 
@@ -532,10 +532,11 @@ def _net(config):
     _require(m.dropout == -1.0 or 0.0 <= m.dropout < 1.0, "model.dropout", m.dropout,
              "must be in [0, 1), or -1 for the size's own")
     _nonnegative_int("model.num_classes", m.num_classes)
-    _choice("model.dtype", m.dtype, COMPUTE_DTYPES)
+    compute_dtype = config.train.compute_dtype
+    _choice("train.compute_dtype", compute_dtype, COMPUTE_DTYPES)
     _require(isinstance(m.remat, bool), "model.remat", m.remat, "must be True or False")
     _choice("model.conv_backward", m.conv_backward, CONV_BACKWARDS)
-    fields = {"dtype": m.dtype}   # parameters stay float32 (param_dtype's default)
+    fields = {"dtype": compute_dtype}   # parameters stay float32 (param_dtype's default)
     supported = models.field_names(m.name)
     for option, value, default in (("remat", m.remat, False),
                                    ("conv_backward", m.conv_backward, "auto")):

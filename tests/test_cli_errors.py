@@ -155,7 +155,7 @@ def _cases(tmp):
         ("model.parameterization", "v0", "model.parameterization='v0'"),
         ("model.dropout", 1.5, "model.dropout=1.5"), ("model.dropout", -0.5, "model.dropout"),
         ("model.num_classes", -3, "model.num_classes=-3"),
-        ("model.dtype", "float64", "model.dtype='float64' is not valid; choose from"),
+        ("train.compute_dtype", "float64", "train.compute_dtype='float64' is not valid; choose from"),
         ("model.conv_backward", "cudnn", "model.conv_backward='cudnn' is not valid"),
         ("loss.name", "l2", "loss.name='l2'"),
         ("loss.dsm.weighting", "l1", "weighting='l1'"), ("loss.dsm.reduce", "max", "reduce='max'"),

@@ -314,7 +314,7 @@ def test_stats_files_roundtrip_and_formats(tmp_path):
 
 def test_stats_command_on_digits(tmp_path, digits_features, capsys):
     """--images: the stats of a saved array are its features (the classifier's 360-image
-    held-out split here); an unknown split is an error. The --dataset path is checked
+    held-out split here); an unknown split is a one-line error. The --dataset path is checked
     against the eval's own statistics in test_reference_stats_command_uses_the_eval_split."""
     _, _, f_te, _ = digits_features
     out = tmp_path / "digits_test_stats.npz"
@@ -323,8 +323,10 @@ def test_stats_command_on_digits(tmp_path, digits_features, capsys):
     stats_lib.main(["--extractor", "digits", "--images", str(tmp_path / "images.npy"), "--out", str(out)])
     np.testing.assert_allclose(metrics.load_stats(str(out)).features, f_te, rtol=1e-5, atol=1e-5)
     assert "360 x 64" in capsys.readouterr().out
-    with pytest.raises(ValueError, match="unknown digits split"):
+    with pytest.raises(SystemExit) as e:
         stats_lib.main(["--extractor", "digits", "--dataset", "digits", "--split", "val", "--out", str(out)])
+    assert e.value.code == 2
+    assert "error: digits has splits ['test', 'train'], not 'val'" in capsys.readouterr().err
 
 
 def test_digits_training_command_runs(tmp_path):

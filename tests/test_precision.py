@@ -308,7 +308,7 @@ def test_conv_backward_gemm_equals_xla_in_networks(family):
 
 
 # ---------------------------------------------------------------------------------------
-# The runner: config.model.dtype / remat / conv_backward
+# The runner: config.train.compute_dtype, model.remat / conv_backward
 # ---------------------------------------------------------------------------------------
 
 
@@ -328,7 +328,7 @@ def _conv_dtypes(fn, *args) -> set:
 
 
 def test_config_dtype_sets_the_train_step_and_keeps_float32_state():
-    """model.dtype=bfloat16: the train loss computes its convs/matmuls in bfloat16 and is
+    """train.compute_dtype=bfloat16: the train loss computes its convs/matmuls in bfloat16 and is
     float32 itself, as are its gradients and the whole train state (params, EMA, Adam
     moments: what checkpoints hold); the eval score (samplers, likelihood) stays float32."""
     import os
@@ -339,7 +339,8 @@ def test_config_dtype_sets_the_train_step_and_keeps_float32_state():
     from sde_lab import experiment, state
 
     config = digits.get_config("runlocal")
-    config.model.dtype, config.model.remat, config.model.conv_backward = "bfloat16", True, "xla"
+    config.train.compute_dtype = "bfloat16"
+    config.model.remat, config.model.conv_backward = True, "xla"
     exp = experiment.build(config)
     assert (exp.net.dtype, exp.net.remat, exp.net.conv_backward) == ("bfloat16", True, "xla")
     assert exp.eval_net.dtype == "float32"
