@@ -12,7 +12,8 @@ checkpoint of each SDE (eval only, `eval.source_workdir` = that run):
 
 `summarize` prints the README's tables (mean +- spread over seeds; the spread is half the
 difference of the two seeds) and draws FID vs NFE per sampler. The `:runlocal` and
-`:runlocal_samplers` variants are the same sweep shrunk to seconds per run (tests).
+`:runlocal_samplers` variants are the same sweep shrunk to seconds per run, one seed and
+the sampler stage on VP only (the test suite runs them: 18 runs).
 
 Comparisons (the trained arms share the VP / std^2 / eps arm):
   1. SDE: VP vs sub-VP vs VE (Song et al. 2021, Table 2). All arms see the same [-1, 1]
@@ -73,10 +74,13 @@ ARM_LABELS = {"vp": "VP", "subvp": "sub-VP", "ve": "VE (sigma_max 10)",
 def _sizes(runlocal: bool) -> dict:
     if runlocal:
         # n_predictor 25: VP's DDPM chain (reverse diffusion) needs beta(t) dt < 1.
+        # One seed, and the sampler stage on VP only: the suite runs it (18 main.py runs).
         return dict(steps=4, batch=8, bpd_examples=4, n_predictor=25, nfes=(4,),
+                    seeds=SEEDS[:1], sampler_sdes=("vp",),
                     config="configs/digits.py:runlocal", samples=16, noise_samples=32,
                     eval_batch=8, ode_tol=1e-2)
     return dict(steps=STEPS, batch=BATCH, bpd_examples=BPD_EXAMPLES,
+                seeds=SEEDS, sampler_sdes=tuple(SDE_ARMS),
                 n_predictor=N_PREDICTOR, nfes=NFES, config="configs/digits.py",
                 samples=1000, noise_samples=3000, eval_batch=250, ode_tol=1e-5)
 
@@ -91,7 +95,7 @@ def _fixed(s: dict) -> dict:
 def train_runs(s: dict) -> list[dict]:
     runs = []
     for arm, overrides in ARMS.items():
-        for seed in SEEDS:
+        for seed in s["seeds"]:
             run = {**overrides, "seed": seed}
             if arm in NO_BPD:
                 run["eval.enable_bpd"] = False
@@ -117,8 +121,8 @@ def eval_runs(s: dict) -> list[dict]:
     from sde_lab.sweep import run_name
 
     runs, bases = [], {}
-    for sde, overrides in SDE_ARMS.items():
-        source = {**overrides, "seed": SEEDS[0]}
+    for sde in s["sampler_sdes"]:
+        source = {**SDE_ARMS[sde], "seed": SEEDS[0]}
         bases[sde] = base = {**source, "eval.source_workdir": "{root}/" + run_name(source)}
         for name, options in samplers(sde, s):
             section = name.replace("++", "_pp")
