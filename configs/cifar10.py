@@ -287,6 +287,7 @@ def _edm(config, size):
     o.weight_decay = 0.0
     d.centered, d.uniform_dequantization = True, False  # images in [-1, 1]
     config.model.name, config.model.size, config.model.parameterization = "ncsnpp", size, "edm"
+    config.model.dropout = 0.13               # train.py --dropout (also the *_edm sizes')
     config.loss.name = "edm"
     config.loss.edm.reduce = "sum"  # EDM sums over pixels (here 1/2 x; Adam ignores it)
     config.train.batch_size = 512

@@ -132,7 +132,7 @@ def test_class_grid_has_one_row_per_class():
 
 COND = ["--config", "configs/digits_conditional.py:runlocal", "--config.train.num_steps=6",
         "--config.train.checkpoint_every_steps=6", "--config.eval.enable_bpd=False",
-        "--config.sample.num_samples=10"]
+        "--config.sample.num_samples=10", "--config.eval.num_samples=32"]
 
 
 def _main(args, timeout=1200):
@@ -196,8 +196,9 @@ def test_sample_with_guidance(conditional_run, method, label):
     from PIL import Image
 
     png = Image.open(os.path.join(conditional_run, "samples", "samples_6.png"))
-    rows = 10 if label < 0 else 4   # one row per class; else the square grid of 10
-    assert png.size[1] == 8 * (rows * 9 + 1)
+    # One row per class (one sample each); else about sqrt(10) = 4 columns, so 3 rows.
+    rows, cols = (10, 1) if label < 0 else (3, 4)
+    assert png.size == (8 * (cols * 9 + 1), 8 * (rows * 9 + 1))
 
 
 @pytest.mark.slow

@@ -1,8 +1,8 @@
 """Each published config against its authors' own config, field by field (issue #18, 5).
 
 The tables hold the sources' values under the sources' own field names, copied from the
-files named with them: yang-song/score_sde, ermongroup/ncsnv2, hojonathanho/diffusion
-and google-research/vdm (facts their code fixes outside the config files are constants
+files named with them: yang-song/score_sde, ermongroup/ncsnv2, hojonathanho/diffusion,
+google-research/vdm, NVlabs/edm and gnobitab/RectifiedFlow (facts their code fixes outside the config files are constants
 with the file named). `_from_score_sde`, `_from_ncsnv2`, `_from_ddpm` and `_from_vdm`
 translate them into sde_lab's fields, e.g. score_sde's reduce_mean=False is
 reduce="sum", which is its 1/2 x sum. The configs are only built (experiment.build:
@@ -244,6 +244,68 @@ def _from_vdm(c: dict) -> dict:
     }
 
 
+# ---------------------------------------------------------------- NVlabs/edm
+
+EDM_TRAIN = {  # train.py click defaults with --precond=edm (training_loop.py for the rest)
+    "batch": 512, "duration_mimg": 200, "lr": 10e-4, "ema_mimg": 0.5, "dropout": 0.13,
+    "lr_rampup_kimg": 10000, "adam_betas": (0.9, 0.999), "adam_eps": 1e-8,
+    "xflip": False,                       # dataset_kwargs xflip default (augment is not run)
+    "P_mean": -1.2, "P_std": 1.2, "sigma_data": 0.5,   # loss.py EDMLoss
+    "num_steps": 18, "sigma_min": 0.002, "sigma_max": 80, "rho": 7, "S_churn": 0,  # generate.py
+}
+
+
+def _from_edm(c: dict) -> dict:
+    steps = round(c["duration_mimg"] * 1e6 / c["batch"])
+    return {
+        "sde.name": "edm", "sde.sigma_min": c["sigma_min"], "sde.sigma_max": float(c["sigma_max"]),
+        "loss.name": "edm", "loss.p_mean": c["P_mean"], "loss.p_std": c["P_std"],
+        "loss.sigma_data": c["sigma_data"],
+        "model.parameterization": "edm", "model.dropout": c["dropout"],
+        "train.batch_size": c["batch"], "train.num_steps": steps,
+        "optim.optimizer": "adam", "optim.lr": c["lr"], "optim.beta1": c["adam_betas"][0],
+        "optim.beta2": c["adam_betas"][1], "optim.eps": c["adam_eps"],
+        "optim.weight_decay": 0.0, "optim.schedule": "constant",
+        "optim.warmup_steps": int(c["lr_rampup_kimg"] * 1e3 / c["batch"]),
+        "optim.grad_clip": None,
+        "optim.ema_rate": 0.5 ** (c["batch"] / (c["ema_mimg"] * 1e6)),
+        "data.centered": True, "data.random_flip": c["xflip"],
+        "data.uniform_dequantization": False,
+        # sde_lab's heun counts steps between levels: 18 levels = 17 steps + the last to 0.
+        "sample.sampler": "heun", "sample.num_steps": c["num_steps"] - 1,
+        "sample.rho": float(c["rho"]), "sample.churn": float(c["S_churn"]),
+    }
+
+
+# ---------------------------------------------------------------- gnobitab/RectifiedFlow
+
+RF_CIFAR10 = {  # configs/rectified_flow/cifar10_rf_gaussian_ddpmpp.py on score_sde's
+    # configs/default_cifar10_configs.py
+    "training.batch_size": 128, "training.n_iters": 1300001, "model.dropout": 0.15,
+    "model.ema_rate": 0.999999, "optim.lr": 2e-4, "optim.warmup": 5000, "optim.grad_clip": 1.0,
+    "optim.beta1": 0.9, "optim.eps": 1e-8, "optim.weight_decay": 0,
+    "data.centered": True, "data.random_flip": True, "sampling.method": "rk45",
+}
+
+
+def _from_rectified_flow(c: dict) -> dict:
+    return {
+        "sde.name": "flow", "loss.name": "flow_matching", "loss.time_sampling": "uniform",
+        "model.parameterization": "velocity", "model.dropout": c["model.dropout"],
+        "train.batch_size": c["training.batch_size"],
+        "train.num_steps": c["training.n_iters"] - 1,
+        "optim.optimizer": "adam", "optim.lr": c["optim.lr"], "optim.beta1": c["optim.beta1"],
+        "optim.beta2": SCORE_SDE_ADAM_BETA2, "optim.eps": c["optim.eps"],
+        "optim.weight_decay": float(c["optim.weight_decay"]),
+        "optim.warmup_steps": c["optim.warmup"], "optim.grad_clip": c["optim.grad_clip"],
+        "optim.schedule": "constant", "optim.ema_rate": c["model.ema_rate"],
+        "data.centered": c["data.centered"], "data.random_flip": c["data.random_flip"],
+        "data.uniform_dequantization": False,
+        # RK45 (scipy) there, Dopri5 (the same Runge-Kutta pair) in diffrax here.
+        "sample.sampler": "ode", "sample.solver": "dopri5",
+    }
+
+
 # ---------------------------------------------------------------- the comparison
 
 EXPECTED = {name: _from_score_sde(defaults, overrides)
@@ -251,6 +313,8 @@ EXPECTED = {name: _from_score_sde(defaults, overrides)
 EXPECTED["cifar10_ncsnv2.py"] = _from_ncsnv2(NCSNV2_CIFAR10)
 EXPECTED["cifar10_ddpm.py"] = _from_ddpm(DDPM_RUN_CIFAR)
 EXPECTED["cifar10_vdm.py"] = _from_vdm(VDM_CIFAR10)
+EXPECTED["cifar10_ddpmpp_edm.py"] = EXPECTED["cifar10_ncsnpp_edm.py"] = _from_edm(EDM_TRAIN)
+EXPECTED["cifar10_ddpmpp_flow.py"] = _from_rectified_flow(RF_CIFAR10)
 
 SDE_FIELDS = ("t_min", "sigma_min", "sigma_max", "beta_min", "beta_max", "gamma_min",
               "gamma_max", "learned")
