@@ -33,7 +33,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = "configs/digits_conditional.py"
 # (sample.guidance, sample.guidance_scale): classifier-free scale 0 is the unconditional
 # score of the same network, 1 the conditional one.
-GRID = [("classifier_free", s) for s in (0.0, 1.0, 2.0, 4.0)] + [
+GRID = [("classifier_free", s) for s in (0.0, 1.0, 1.5, 2.0, 4.0)] + [
     ("classifier", s) for s in (1.0, 2.0, 4.0)]
 UNCONDITIONAL_FID = 28.5   # README: configs/digits.py, the same network unconditional
 
