@@ -167,9 +167,9 @@ def _tb_scalars(workdir, tag):
     return [(e.step, e.value) for e in acc.Scalars(tag)]
 
 
-@pytest.mark.slow
-def test_sigterm_saves_a_checkpoint_and_exits_zero(tmp_path):
-    workdir = tmp_path / "term"
+def _signal_a_long_run(workdir, sig):
+    """Starts a toy run far too long to finish (no checkpoint cadence within it), sends
+    `sig` once it has logged, and returns (process, stdout, stderr) after it exits."""
     args = [a.replace("num_steps=60", "num_steps=100000") for a in TOY_ARGS]
     args = [a.replace("checkpoint_every_steps=10", "checkpoint_every_steps=50000") for a in args]
     proc = subprocess.Popen([sys.executable, MAIN, *args, "--workdir", str(workdir)],
@@ -177,8 +177,15 @@ def test_sigterm_saves_a_checkpoint_and_exits_zero(tmp_path):
                             text=True)
     _wait_for(lambda: os.path.exists(workdir / "metrics.jsonl") and
               os.path.getsize(workdir / "metrics.jsonl") > 0, proc)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     stdout, stderr = proc.communicate(timeout=120)
+    return proc, stdout, stderr
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_and_exits_zero(tmp_path):
+    workdir = tmp_path / "term"
+    proc, stdout, stderr = _signal_a_long_run(workdir, signal.SIGTERM)
     assert proc.returncode == 0, stderr[-3000:]
     steps = _checkpoints(workdir)
     assert len(steps) == 1 and 10 <= steps[0] < 100000
@@ -400,15 +407,7 @@ def test_huge_learning_rate_stops_on_the_first_nonfinite_gradient(tmp_path):
 @pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path):
     workdir = tmp_path / "int"
-    args = [a.replace("num_steps=60", "num_steps=100000") for a in TOY_ARGS]
-    args = [a.replace("checkpoint_every_steps=10", "checkpoint_every_steps=50000") for a in args]
-    proc = subprocess.Popen([sys.executable, MAIN, *args, "--workdir", str(workdir)],
-                            env=_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    _wait_for(lambda: os.path.exists(workdir / "metrics.jsonl") and
-              os.path.getsize(workdir / "metrics.jsonl") > 0, proc)
-    proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=120)
+    proc, stdout, stderr = _signal_a_long_run(workdir, signal.SIGINT)
     assert proc.returncode == 130, stderr[-3000:]
     steps = _checkpoints(workdir)
     assert len(steps) == 1 and f"SIGINT: saved checkpoint at step {steps[0]}" in stdout
