@@ -105,8 +105,9 @@ def _loop(exp, directory, step_fn, state, step, ckpt, mesh, stop):
             since_log += 1
             final = step >= c.num_steps
             log_now = (c.log_every_steps > 0 and step % c.log_every_steps == 0) or final
-            save_now = (final or stop.requested or (c.checkpoint_every_steps > 0
-                                                    and step % c.checkpoint_every_steps == 0))
+            stopping = stop.requested  # read once (see train.train)
+            save_now = (final or stopping or (c.checkpoint_every_steps > 0
+                                              and step % c.checkpoint_every_steps == 0))
             if log_now or save_now:
                 bad = train_lib._first_nonfinite(pending)
                 if bad is not None:
@@ -121,7 +122,7 @@ def _loop(exp, directory, step_fn, state, step, ckpt, mesh, stop):
                 t_last, since_log = time.time(), 0
             if save_now:
                 ckpt.save(step, state)
-            if stop.requested:
+            if stopping:
                 print(f"{stop.name}: saved classifier checkpoint at step {step}; exiting",
                       flush=True)
                 break

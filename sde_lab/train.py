@@ -246,8 +246,12 @@ def train(exp, workdir: str) -> tuple[TrainState, interrupts.Flag]:
                 steps_since_log += n
                 boundary = lambda every: every > 0 and step // every != (step - n) // every  # noqa
                 final = step >= t.num_steps
+                # The flag is read once: a signal that lands after this line (during the
+                # log or save below) is handled after the next step, never half-handled
+                # (announced as saved without a save).
+                stopping = stop.requested
                 log_now = boundary(t.log_every_steps) or final
-                save_now = boundary(t.checkpoint_every_steps) or final or stop.requested
+                save_now = boundary(t.checkpoint_every_steps) or final or stopping
                 if log_now or save_now:
                     bad = _first_nonfinite(pending)
                     if bad is not None:
@@ -266,9 +270,13 @@ def train(exp, workdir: str) -> tuple[TrainState, interrupts.Flag]:
                 if boundary(t.sample_every_steps) and parallel.is_main_process():
                     sample.write_grid(exp, state.ema_params, os.path.join(
                         workdir, "samples", f"step_{step}.png"), exp.keys.step(step))
-                if stop.requested:
+                if stopping:
                     print(f"{stop.name}: saved checkpoint at step {step}; exiting", flush=True)
                     break
+            else:
+                if stop.requested:  # landed during the last step's log/save
+                    print(f"{stop.name}: training finished at step {step} (checkpoint "
+                          "saved); exiting before the end-of-run work", flush=True)
     finally:
         logger.close()
         ckpt.close()

@@ -192,6 +192,50 @@ def test_sigterm_saves_a_checkpoint_and_exits_zero(tmp_path):
     assert f"SIGTERM: saved checkpoint at step {steps[0]}" in stdout
 
 
+@pytest.mark.parametrize("when", ["log", "final_save"])
+def test_a_signal_during_a_log_or_save_is_never_announced_without_a_checkpoint(
+        tmp_path, monkeypatch, capsys, when):
+    """Deterministic version of the race CI hit: SIGTERM arriving while the loop logs (after
+    it decided whether to save this step) must still end with the announced checkpoint on
+    disk; arriving during the last step's save, training is complete and says so."""
+    from sde_lab import experiment, train
+
+    config = _load_config(TOY)
+    with config.unlocked():
+        config.train.num_steps, config.train.log_every_steps = 30, 10
+        config.train.checkpoint_every_steps, config.train.eval_at_end = 0, False
+    exp = experiment.build(config)
+    if when == "log":
+        log = train.Logger.log
+
+        def log_then_signal(self, step, *args):
+            log(self, step, *args)
+            if step == 10:
+                os.kill(os.getpid(), signal.SIGTERM)
+        monkeypatch.setattr(train.Logger, "log", log_then_signal)
+    else:
+        save = train.checkpointing.Checkpointer.save
+
+        def save_then_signal(self, step, state):
+            save(self, step, state)
+            os.kill(os.getpid(), signal.SIGTERM)
+        monkeypatch.setattr(train.checkpointing.Checkpointer, "save", save_then_signal)
+    try:
+        code = train.run(exp, str(tmp_path))
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    out = capsys.readouterr().out
+    assert code == 0
+    if when == "log":  # handled after the next step, with its checkpoint
+        assert _checkpoints(tmp_path) == [11]
+        assert "SIGTERM: saved checkpoint at step 11; exiting" in out
+    else:
+        assert _checkpoints(tmp_path) == [30]
+        assert "SIGTERM: training finished at step 30" in out
+        assert not os.path.exists(tmp_path / "DONE")  # the rerun writes it and evaluates
+
+
 @pytest.mark.slow
 def test_non_finite_loss_stops_without_overwriting_the_good_checkpoint(tmp_path, uninterrupted):
     import shutil
