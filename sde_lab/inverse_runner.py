@@ -5,7 +5,8 @@ Each mode reads `inverse.num_examples` examples of `data.eval_split` (0: all), r
 `sde_lab.inverse` / `sde_lab.anomaly` function jitted over batches of
 `inverse.batch_size` with the configured sampler (`sample.sampler` and its section), and
 writes to `<workdir>/inverse/<mode>_<step>_<tag>.{npz,png,json}`, the tag naming the
-mode's main option (`half_replacement`, `noise0.1`, `t0.5`, ...; arrays in model space;
+mode's main option and the sampler (`half_replacement_pc1000`, `noise0.1_ancestral50`,
+`t0.5_dpm_solver_pp50`, ...; arrays in model space;
 the grid shows the first 16 examples, one per row; the JSON holds the metrics and the
 whole spec, sampler included):
 
@@ -60,6 +61,7 @@ from sde_lab import workdir as workdir_lib
 from sde_lab.data import TOY_EVAL_SIZE
 from sde_lab.experiment import ConfigError
 from sde_lab.progress import Progress
+from sde_lab.registry import section_name
 
 GRID_ROWS = 16
 TUNE_EXAMPLES = 500          # train images the classical filters are tuned on
@@ -257,12 +259,16 @@ def _digits_accuracy(exp, named: dict[str, np.ndarray], labels: np.ndarray) -> d
 
 
 def tag(exp, mode: str) -> str:
-    """The part of an output's name that tells runs of one mode apart."""
+    """The part of an output's name that tells runs of one mode apart: the mode's main
+    option and the sampler with its step count (`half_replacement_pc250`), so comparing
+    samplers on one checkpoint never overwrites an earlier result."""
     v = exp.inverse
     mask = "file" if v.mask_file else (f"random{v.mask_fraction:g}" if v.mask == "random"
                                        else v.mask)
-    return {"inpaint": f"{mask}_{v.method}", "colorize": v.method, "sdedit": f"t0{v.t0:g}",
+    main = {"inpaint": f"{mask}_{v.method}", "colorize": v.method, "sdedit": f"t0{v.t0:g}",
             "denoise": f"noise{v.noise_std:g}"}[mode]
+    steps = dict(exp.sampler.options).get("num_steps")
+    return f"{main}_{section_name(exp.sampler.name)}{steps if steps is not None else ''}"
 
 
 def _write(exp, workdir: str, mode: str, step: int, arrays: dict, columns: list[np.ndarray],
