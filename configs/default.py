@@ -208,6 +208,9 @@ def get_default() -> ml_collections.ConfigDict:
     inv.method = "replacement"            # inpaint / colorize: replacement (score_sde) | guidance
     inv.guidance_scale = 1.0              # guidance: scale of the reconstruction guidance
     inv.data_var = 1.0                    # guidance: data variance, model units (p(y|x_t)'s width)
+    inv.guidance_min_alpha = 0.1          # guidance: off where the mean coefficient alpha(t) is
+                                          # below this (VP: t > 0.68): a learned network's x0
+                                          # estimate is too noisy there to guide by (0: every t)
     inv.noise_std = 0.1                   # denoise: std of the added noise in DATA units (images
                                           # in [0, 1]; vector data as is); model units are scaled
     inv.num_posterior_samples = 4         # denoise: posterior samples averaged per example (needs

@@ -304,6 +304,7 @@ class InverseSpec:
     method: str
     guidance_scale: float
     data_var: float
+    guidance_min_alpha: float
     noise_std: float
     num_posterior_samples: int
     t0: float
@@ -788,6 +789,9 @@ def _inverse(config, sde: sdes.SDE, data: DataSpec) -> InverseSpec:
              v.guidance_scale, "must be finite and >= 0")
     _require(_finite(v.data_var) and v.data_var > 0, "inverse.data_var", v.data_var,
              "must be finite and > 0")
+    _require(_finite(v.guidance_min_alpha) and 0 <= v.guidance_min_alpha < 1,
+             "inverse.guidance_min_alpha", v.guidance_min_alpha,
+             "must be in [0, 1) (0: guide at every t)")
     _require(_finite(v.noise_std) and v.noise_std > 0, "inverse.noise_std", v.noise_std,
              "must be finite and > 0 (data units)")
     _nonnegative_int("inverse.num_posterior_samples", v.num_posterior_samples)
@@ -810,7 +814,8 @@ def _inverse(config, sde: sdes.SDE, data: DataSpec) -> InverseSpec:
     _positive_int("inverse.gmm_components", v.gmm_components)
     anomalies = int_list("inverse.anomaly_classes", v.anomaly_classes) or data.exclude_classes
     return InverseSpec(v.num_examples, v.batch_size, v.mask, v.mask_fraction, v.mask_file,
-                       v.method, v.guidance_scale, v.data_var, v.noise_std,
+                       v.method, v.guidance_scale, v.data_var, v.guidance_min_alpha,
+                       v.noise_std,
                        v.num_posterior_samples, v.t0, methods, anomalies, t0s,
                        v.score_norm_levels, v.gmm_components)
 

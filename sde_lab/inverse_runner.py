@@ -45,6 +45,7 @@ data.exclude_classes), its negative log-density as the score.
 from __future__ import annotations
 
 import csv
+import functools
 import glob
 import json
 import os
@@ -320,6 +321,37 @@ def _spec(exp, mode: str, **extra) -> dict:
             "batch_size": v.batch_size, "seed": exp.seed, **extra}
 
 
+class Diverged(Exception):
+    """A mode's result is not finite (a sampler or guidance that blew up)."""
+
+
+def _require_finite(exp, mode: str, **arrays) -> None:
+    """Raises Diverged naming how many examples are not finite, so no metric is computed
+    from NaNs (they would print as plausible accuracies of the clipped images)."""
+    for name, a in arrays.items():
+        a = np.asarray(a)
+        bad = ~np.isfinite(a.reshape(len(a), -1)).all(1) if a.ndim > 1 else ~np.isfinite(a)
+        if bad.any():
+            hint = (" (reconstruction guidance blows up where alpha(t) is small: try a "
+                    "larger inverse.guidance_min_alpha, a smaller inverse.guidance_scale or "
+                    "inverse.method=replacement)" if mode in ("inpaint", "colorize")
+                    and exp.inverse.method == "guidance" else "")
+            raise Diverged(f"{mode}: {int(bad.sum())} of {len(a)} {name} are not finite with "
+                           f"sample.sampler={exp.sampler.name!r}{hint}; nothing was written")
+
+
+def _one_line_on_divergence(run_mode):
+    """Diverged -> one `error:` line and exit code 1 (the checkpoint is untouched)."""
+    @functools.wraps(run_mode)
+    def wrapped(exp, workdir: str) -> int:
+        try:
+            return run_mode(exp, workdir)
+        except Diverged as e:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            return 1
+    return wrapped
+
+
 # ----------------------------------------------------------------------------- modes
 
 def _start(exp, workdir: str, mode: str):
@@ -330,6 +362,7 @@ def _start(exp, workdir: str, mode: str):
     return params, step, x, labels, exp.keys.inverse(step, mode), time.time()
 
 
+@_one_line_on_divergence
 def run_inpaint(exp, workdir: str) -> int:
     v = exp.inverse
     params, step, x, labels, key, t0 = _start(exp, workdir, "inpaint")
@@ -340,11 +373,13 @@ def run_inpaint(exp, workdir: str) -> int:
     def fn(key, params, x, mask):
         x_hat, _ = inverse.inpaint(key, exp.sde_of(params), exp.score_fn(params), x * mask,
                                    mask, method=v.method, sampler=name, sampler_options=opts,
-                                   guidance_scale=v.guidance_scale, data_var=v.data_var)
+                                   guidance_scale=v.guidance_scale, data_var=v.data_var,
+                                   guidance_min_alpha=v.guidance_min_alpha)
         return (x_hat,)
 
     (x_hat,) = _map_batches(lambda k, a, m: fn(k, params, a, m), key, [x, masks],
                             v.batch_size, "inpaint batch")
+    _require_finite(exp, "inpaint", results=x_hat)
     low = -1.0 if exp.data.centered and not exp.data.is_toy else 0.0
     masked = np.where(masks == 1, x, low).astype(np.float32)
     hidden = masks == 0
@@ -356,7 +391,8 @@ def run_inpaint(exp, workdir: str) -> int:
                                          "truth": x}, labels))
     result["spec"] = _spec(exp, "inpaint", mask=v.mask_file or v.mask,
                            mask_fraction=v.mask_fraction, method=v.method,
-                           guidance_scale=v.guidance_scale, data_var=v.data_var)
+                           guidance_scale=v.guidance_scale, data_var=v.data_var,
+                           guidance_min_alpha=v.guidance_min_alpha)
     columns = [] if exp.data.is_toy else [_mask_image(masks), _images(exp, masked),
                                           _images(exp, x_hat), _images(exp, x)]
     _write(exp, workdir, "inpaint", step, {"x": x_hat, "observation": masked, "mask": masks,
@@ -364,6 +400,7 @@ def run_inpaint(exp, workdir: str) -> int:
     return 0
 
 
+@_one_line_on_divergence
 def run_colorize(exp, workdir: str) -> int:
     v = exp.inverse
     params, step, x, labels, key, t0 = _start(exp, workdir, "colorize")
@@ -374,22 +411,25 @@ def run_colorize(exp, workdir: str) -> int:
     def fn(key, params, gray):
         x_hat, _ = inverse.colorize(key, exp.sde_of(params), exp.score_fn(params), gray,
                                     method=v.method, sampler=name, sampler_options=opts,
-                                    guidance_scale=v.guidance_scale, data_var=v.data_var)
+                                    guidance_scale=v.guidance_scale, data_var=v.data_var,
+                                    guidance_min_alpha=v.guidance_min_alpha)
         return (x_hat,)
 
     (x_hat,) = _map_batches(lambda k, g: fn(k, params, g), key, [gray], v.batch_size,
                             "colorize batch")
+    _require_finite(exp, "colorize", results=x_hat)
     result = {"step": step, "num_examples": len(x), "seconds": round(time.time() - t0, 1),
               "mse": float(np.mean((_to_unit(exp, x_hat) - _to_unit(exp, x)) ** 2)),
               "gray_max_abs_error": float(np.max(np.abs(x_hat.mean(-1) - gray[..., 0])))}
     result["spec"] = _spec(exp, "colorize", method=v.method, guidance_scale=v.guidance_scale,
-                           data_var=v.data_var)
+                           data_var=v.data_var, guidance_min_alpha=v.guidance_min_alpha)
     columns = [_images(exp, gray), _images(exp, x_hat), _images(exp, x)]
     _write(exp, workdir, "colorize", step, {"x": x_hat, "observation": gray, "truth": x,
                                             "label": labels}, columns, result)
     return 0
 
 
+@_one_line_on_divergence
 def run_sdedit(exp, workdir: str) -> int:
     v = exp.inverse
     params, step, x, labels, key, t0 = _start(exp, workdir, "sdedit")
@@ -403,6 +443,7 @@ def run_sdedit(exp, workdir: str) -> int:
 
     (x_hat,) = _map_batches(lambda k, a: fn(k, params, a), key, [x], v.batch_size,
                             "sdedit batch")
+    _require_finite(exp, "sdedit", results=x_hat)
     result = {"step": step, "num_examples": len(x), "seconds": round(time.time() - t0, 1),
               "mse_to_guide": float(np.mean((_to_unit(exp, x_hat) - _to_unit(exp, x)) ** 2))}
     result.update(_digits_accuracy(exp, {"result": x_hat, "guide": x}, labels))
@@ -440,6 +481,7 @@ def _classical(exp, noise_std: float) -> dict[str, tuple]:
     return out
 
 
+@_one_line_on_divergence
 def run_denoise(exp, workdir: str) -> int:
     v = exp.inverse
     params, step, x, labels, key, t0 = _start(exp, workdir, "denoise")
@@ -461,6 +503,7 @@ def run_denoise(exp, workdir: str) -> int:
 
     y, tweedie, post = _map_batches(lambda kk, a: fn(kk, params, a), key, [x],
                                     v.batch_size, "denoise batch")
+    _require_finite(exp, "denoise", tweedie_estimates=tweedie, posterior_samples=post)
     truth = _to_unit(exp, x)
     clip = (lambda u: u) if exp.data.is_toy else (lambda u: np.clip(u, 0.0, 1.0))
     estimates = {"noisy": _to_unit(exp, y), "tweedie": clip(_to_unit(exp, tweedie))}
@@ -541,6 +584,7 @@ def _method_scores(exp, params, x: np.ndarray, method: str, key) -> np.ndarray:
                         f"score ({method}) batch")[0]
 
 
+@_one_line_on_divergence
 def run_score(exp, workdir: str) -> int:
     v = exp.inverse
     params, step, x, labels, key, t0 = _start(exp, workdir, "score")
@@ -550,6 +594,7 @@ def run_score(exp, workdir: str) -> int:
         t = time.time()
         scores[method] = np.asarray(_method_scores(exp, params, x, method,
                                                    jax.random.fold_in(key, i)), np.float64)
+        _require_finite(exp, "score", **{f"{method} scores": scores[method]})
         seconds[method] = round(time.time() - t, 1)
     toy = exp.data.make(exp.data.eval_split, train=False, seed=exp.seed).toy
     if hasattr(toy, "inlier_logpdf"):  # the exact density's score, for reference

@@ -117,9 +117,11 @@ PRODUCT = GaussianMixture.create(
     [wa * wb for wa in _W1 for wb in _W2])
 
 
-@pytest.mark.parametrize("method, sde_name, per_example_mask", [
-    ("replacement", "vp", False), ("replacement", "ve", True), ("guidance", "vp", True)])
-def test_inpaint_independent_coordinates_is_exact(method, sde_name, per_example_mask):
+@pytest.mark.parametrize("method, sde_name, per_example_mask, min_alpha", [
+    ("replacement", "vp", False, 0.0), ("replacement", "ve", True, 0.0),
+    ("guidance", "vp", True, 0.0), ("guidance", "vp", True, 0.1)])
+def test_inpaint_independent_coordinates_is_exact(method, sde_name, per_example_mask,
+                                                  min_alpha):
     """Observed x_1 = y (y from the data) is kept bit-exactly; the unobserved x_2, being
     independent of x_1, must follow its marginal mixture whatever y is: mean, variance
     (`_check_mean_var`) and the fraction above the midpoint -0.2 between its modes (within
@@ -133,7 +135,7 @@ def test_inpaint_independent_coordinates_is_exact(method, sde_name, per_example_
         mask = jnp.broadcast_to(mask, (n, 2))
     x, stats = _jit_run(lambda key: inverse.inpaint(
         key, sde, PRODUCT.score_fn(sde), y, mask, method=method, sampler="euler_maruyama",
-        sampler_options={"num_steps": 200}))
+        sampler_options={"num_steps": 200}, guidance_min_alpha=min_alpha))
     x = np.asarray(x, np.float64)
     assert np.array_equal(x[:, 0], np.asarray(y[:, 0], np.float64))
     assert int(stats["nfe"]) == 201
@@ -143,6 +145,26 @@ def test_inpaint_independent_coordinates_is_exact(method, sde_name, per_example_
     from scipy.stats import norm
     p_high = float(_W2 @ norm.sf(-0.2, _M2, 0.4))
     assert abs(np.mean(x[:, 1] > -0.2) - p_high) < Z_TOL * math.sqrt(p_high * (1 - p_high) / n)
+
+
+def test_guidance_is_off_exactly_where_alpha_is_below_guidance_min_alpha():
+    """The guided score equals the plain score where alpha(t) < min_alpha (VP: alpha = 0.1
+    at t = 0.68) and adds the reconstruction term elsewhere; out-of-range values fail."""
+    sde = sdes.make("vp")
+    score_fn = PRODUCT.score_fn(sde)
+    y = jnp.array([[0.5, 0.0]])
+    guided = inverse._guided_score(sde, score_fn, y, lambda v: v * jnp.array([[1.0, 0.0]]),
+                                   1.0, 1.0, min_alpha=0.1)
+    x = jnp.array([[0.3, -0.2]])
+    for t, on in ((0.9, False), (0.7, False), (0.66, True), (0.3, True)):
+        tt = jnp.full((1,), t)
+        assert (float(sde.marginal(tt)[0][0]) >= 0.1) == on
+        same = np.array_equal(np.asarray(guided(x, tt)), np.asarray(score_fn(x, tt)))
+        assert same != on, t
+    for bad in (-0.1, 1.0, float("nan")):
+        with pytest.raises(ValueError, match=r"inpaint: guidance_min_alpha must be in \[0, 1\)"):
+            inverse.inpaint(jax.random.PRNGKey(0), sde, score_fn, y, jnp.array([1.0, 0.0]),
+                            method="guidance", guidance_min_alpha=bad)
 
 
 def _batched_gaussian_score(mean, cov, sde):

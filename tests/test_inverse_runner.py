@@ -136,6 +136,8 @@ def test_mask_file_shapes_and_values(tmp_path):
     (dict(inverse__score_methods="bpd,likelihood"), "unknown method 'likelihood'"),
     (dict(inverse__reconstruction_t0s="0.1,2"), "inverse.reconstruction_t0s"),
     (dict(inverse__anomaly_classes="x"), "inverse.anomaly_classes='x'"),
+    (dict(inverse__guidance_min_alpha=1.0), r"inverse.guidance_min_alpha=1.0 .*\[0, 1\)"),
+    (dict(inverse__guidance_min_alpha=-0.5), "inverse.guidance_min_alpha=-0.5"),
 ])
 def test_bad_inverse_fields_are_config_errors(fields, match):
     with pytest.raises(ConfigError, match=match):
@@ -168,10 +170,22 @@ def test_psnr_and_collect(tmp_path):
     assert "| a | 3 of 30 | 0.900 |" in table and "| mean of 2 | | 0.700 |" in table
 
 
+def test_non_finite_results_are_named_not_scored():
+    exp = _exp(tabular, inverse__method="guidance")
+    inverse_runner._require_finite(exp, "denoise", tweedie_estimates=np.zeros((3, 2)))
+    x = np.zeros((5, 2, 2, 1))
+    x[[1, 3], 0, 1, 0] = np.inf
+    with pytest.raises(inverse_runner.Diverged, match=r"inpaint: 2 of 5 results are not "
+                       r"finite .*inverse.method=replacement"):
+        inverse_runner._require_finite(exp, "inpaint", results=x)
+    with pytest.raises(inverse_runner.Diverged, match="score: 1 of 3 bpd scores"):
+        inverse_runner._require_finite(exp, "score", **{"bpd scores": np.array([0, np.nan, 1])})
+
+
 # ------------------------------------------------------------------ end to end
 
 @pytest.mark.slow
-def test_modes_end_to_end_on_a_tiny_tabular_run(tmp_path):
+def test_modes_end_to_end_on_a_tiny_tabular_run(tmp_path, capsys):
     """Train the runlocal tabular config, then score, denoise, inpaint and sdedit."""
     workdir = str(tmp_path / "tab")
     config = tabular.get_config("runlocal")
@@ -201,6 +215,20 @@ def test_modes_end_to_end_on_a_tiny_tabular_run(tmp_path):
     res = json.load(open(os.path.join(workdir, "inverse", "denoise_20_noise0.1_ancestral5.json")))
     assert res["mse_noisy"] == pytest.approx(0.01, rel=0.25)   # noise_std 0.1: chi^2_640 / 640
     assert np.isfinite(res["mse_tweedie"]) and np.isfinite(res["mse_posterior_mean"])
+    # A result that blew up is one error line and exit 1, and writes nothing.
+    real_sdedit = inverse_runner.inverse.sdedit
+
+    def blown_up(*args, **kwargs):
+        x, stats = real_sdedit(*args, **kwargs)
+        return x.at[1].set(np.nan), stats
+    inverse_runner.inverse.sdedit = blown_up
+    try:
+        config.inverse.t0 = 0.25
+        assert run.main(config, workdir, "sdedit") == 1
+    finally:
+        inverse_runner.inverse.sdedit = real_sdedit
+    assert "error: sdedit: 1 of 64 results are not finite" in capsys.readouterr().err
+    assert not [f for f in os.listdir(os.path.join(workdir, "inverse")) if "t00.25" in f]
 
 
 @pytest.mark.slow
