@@ -47,9 +47,15 @@ def import_reference(path: str, threads: int):
     op.__dict__.update(torch=torch, F=torch.nn.functional)
     exec(compile(ast.Module(body=wanted, type_ignores=[]), source_file, "exec"), op.__dict__)
     sys.modules["op"] = op
-    for name in ("configs", "models", "losses", "sde_lib", "likelihood", "utils"):
-        if name in sys.modules:  # e.g. sde_lab's own configs/ package
+    for name in list(sys.modules):
+        if name.split(".")[0] in ("configs", "models", "losses", "sde_lib", "likelihood",
+                                  "utils"):  # e.g. sde_lab's own configs/ package
             del sys.modules[name]
+    # The reference's configs/ has no __init__.py (a namespace package), and Python prefers a
+    # regular package anywhere on sys.path over a namespace one, so sde_lab's configs/ would
+    # shadow it: drop the entries that hold a regular configs/ package.
+    sys.path[:] = [p for p in sys.path
+                   if not os.path.isfile(os.path.join(p or ".", "configs", "__init__.py"))]
     sys.path.insert(0, path)
     return torch
 
