@@ -220,11 +220,12 @@ def test_a_signal_during_a_log_or_save_is_never_announced_without_a_checkpoint(
             save(self, step, state)
             os.kill(os.getpid(), signal.SIGTERM)
         monkeypatch.setattr(train.checkpointing.Checkpointer, "save", save_then_signal)
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         code = train.run(exp, str(tmp_path))
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+    finally:  # train.run leaves sde_lab's exit-at-once handlers installed
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
     out = capsys.readouterr().out
     assert code == 0
     if when == "log":  # handled after the next step, with its checkpoint
