@@ -118,6 +118,24 @@ def make_train_step(loss_fn: Callable, optimizer, ema_rate: float,
 
 # ---------------------------------------------------------------- logging
 
+def _write_synchronously(writer) -> None:
+    """Makes a tensorboardX SummaryWriter write and flush in the caller's thread.
+
+    tensorboardX hands events to a writer thread through a queue, and its flush() does not
+    wait for that queue, so a kill right after a checkpoint could lose the events logged
+    before it (seen: a SIGKILL-and-resume run missing step 30 whose checkpoint existed).
+    The writer thread is stopped first (it drains the queue, e.g. the purge events); if
+    tensorboardX's internals differ, the writer stays asynchronous.
+    """
+    events = getattr(getattr(writer, "file_writer", None), "event_writer", None)
+    records, worker = getattr(events, "_ev_writer", None), getattr(events, "_worker", None)
+    if records is None or worker is None or not hasattr(worker, "stop"):
+        return
+    worker.stop()
+    events.add_event = records.write_event
+    events.flush = records.flush
+
+
 class Logger:
     """metrics.jsonl, TensorBoard events, an optional tracker (`sde_lab.trackers`) and a
     progress line, on the main process only.
@@ -139,6 +157,7 @@ class Logger:
 
         self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"),
                                 purge_step=start_step + 1 if start_step else None)
+        _write_synchronously(self.tb)
 
     def log(self, step: int, metrics: dict, examples_per_sec: float) -> None:
         if not self.main:
