@@ -206,13 +206,15 @@ def test_modes_end_to_end_on_a_tiny_tabular_run(tmp_path, capsys):
     assert lines[0].startswith("index,label,anomalous,bpd") and len(lines) == 65
     for mode in ("inpaint", "sdedit"):
         assert run.main(config, workdir, mode) == 0
-    out = np.load(os.path.join(workdir, "inverse", "inpaint_20_random0.5_replacement_dpm_solver_pp10.npz"))
+    out = np.load(os.path.join(workdir, "inverse",
+                               "inpaint_20_random0.5_replacement_dpm_solver_pp10.npz"))
     observed = out["mask"] == 1
     np.testing.assert_array_equal(out["x"][observed], out["truth"][observed])
     config.sample.sampler = "ancestral"
     config.sample.ancestral.num_steps = 5
     assert run.main(config, workdir, "denoise") == 0
-    res = json.load(open(os.path.join(workdir, "inverse", "denoise_20_noise0.1_ancestral5.json")))
+    res = json.load(open(os.path.join(workdir, "inverse",
+                                      "denoise_20_noise0.1_ancestral5.json")))
     assert res["mse_noisy"] == pytest.approx(0.01, rel=0.25)   # noise_std 0.1: chi^2_640 / 640
     assert np.isfinite(res["mse_tweedie"]) and np.isfinite(res["mse_posterior_mean"])
     # A result that blew up is one error line and exit 1, and writes nothing.
@@ -255,9 +257,11 @@ def test_image_modes_end_to_end_on_a_tiny_digits_run(tmp_path):
     config.sample.ancestral.num_steps = 5
     config.inverse.num_posterior_samples = 2
     assert run.main(config, workdir, "denoise") == 0
-    res = json.load(open(os.path.join(workdir, "inverse", "denoise_20_noise0.1_ancestral5.json")))
+    res = json.load(open(os.path.join(workdir, "inverse",
+                                      "denoise_20_noise0.1_ancestral5.json")))
     # Noise 0.1 on [0, 1] images: 20 dB for the noisy input, up to the sample's chi^2 spread.
     assert res["psnr_noisy"] == pytest.approx(20.0, abs=1.0)
     assert {"psnr_tweedie", "psnr_posterior_mean", "psnr_gaussian", "psnr_median"} <= set(res)
-    grid = np.asarray(Image.open(os.path.join(workdir, "inverse", "denoise_20_noise0.1_ancestral5.png")))
+    grid = np.asarray(Image.open(os.path.join(workdir, "inverse",
+                                              "denoise_20_noise0.1_ancestral5.png")))
     assert grid.shape == (4 * 72 + 8, 6 * 72 + 8)
