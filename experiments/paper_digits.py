@@ -154,6 +154,10 @@ def get_sweep(variant: str | None = None) -> dict:
     if variant and variant.endswith("samplers"):
         fixed.update({"eval.checkpoints": str(s["steps"]), "eval.enable_bpd": False})
         return {"config": s["config"], "mode": "eval", "runs": eval_runs(s), "fixed": fixed}
+    # The trained arms' FID: DPM-Solver++ at NFES[-1] steps, pinned here so the comparison
+    # does not move with configs/digits.py's default sampler.
+    fixed.update({"sample.sampler": "dpm_solver++",
+                  "sample.dpm_solver_pp.num_steps": s["nfes"][-1]})
     return {"config": s["config"], "runs": train_runs(s), "fixed": fixed}
 
 

@@ -267,7 +267,11 @@ def _bits_per_dim(exp, params, step: int) -> dict:
     dataset = d.make(d.eval_split, train=False, seed=exp.seed)
     n = e.bpd_num_examples or len(dataset)
     levels, _ = dataset.levels(0, n)
-    batches = [levels[i:i + e.batch_size] for i in range(0, len(levels), e.batch_size)]
+    # Batches as even as the batch size allows, padded to one shape: one compilation of
+    # the likelihood (297 test digits at batch 250 were 250 + 47, two compilations; now
+    # 149 + 148 padded to 149).
+    size = -(-len(levels) // -(-len(levels) // e.batch_size))
+    batches = [levels[i:i + size] for i in range(0, len(levels), size)]
     progress = Progress(f"bits/dim ({len(levels)} {d.eval_split} images) batch",
                         len(batches) * e.bpd_num_passes, parallel.is_main_process())
 
@@ -280,7 +284,7 @@ def _bits_per_dim(exp, params, step: int) -> dict:
 
     result = likelihood.dataset_bits_per_dim(
         exp.keys.bpd(step), exp.sde_of(params), exp.score_fn(params), reporting(batches),
-        scaler=d.scaler, num_passes=e.bpd_num_passes, estimator=e.bpd_estimator,
+        scaler=d.scaler, num_passes=e.bpd_num_passes, pad_to=size, estimator=e.bpd_estimator,
         rtol=e.bpd_rtol, atol=e.bpd_atol, t_min=e.bpd_t_min)
     out = {"bpd": result["bpd"], "bpd_se": result["bpd_se"],
            "bpd_num_examples": result["num_examples"], "bpd_nfe": result["nfe"]}

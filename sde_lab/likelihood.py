@@ -323,14 +323,16 @@ def _batch_bpd(key, sde, score_fn, levels, scale, shift, num_levels, kwargs):
 
 def dataset_bits_per_dim(key: Array, sde: sdes.SDE, score_fn: ScoreFn,
                          batches: Iterable[Any], *, scaler=None, num_levels: int | None = None,
-                         num_passes: int = 5, **likelihood_kwargs) -> dict[str, float]:
+                         num_passes: int = 5, pad_to: int | None = None,
+                         **likelihood_kwargs) -> dict[str, float]:
     """Test-set bits/dim with repeated uniform dequantization (score_sde: 5 passes).
 
     Each integer batch is dequantized `num_passes` times with fresh noise u (and fresh
     Hutchinson probes), x = scaler((k + u) / L); each pass runs `log_likelihood` and
     `bits_per_dim`. An example's bpd is its mean over passes; the result is the mean over
     examples, with the standard error std / sqrt(N) of the per-example means (it covers
-    both data sampling and dequantization/probe noise). One compilation per batch shape.
+    both data sampling and dequantization/probe noise). One compilation per batch shape:
+    `pad_to` makes every batch one shape.
 
     Args:
       key: PRNG key; pass p of batch i uses fold_in(fold_in(key, i), p).
@@ -339,6 +341,9 @@ def dataset_bits_per_dim(key: Array, sde: sdes.SDE, score_fn: ScoreFn,
       scaler: as for `bits_per_dim`; an `sde_lab.data.Scaler` also supplies num_levels.
       num_levels: L; defaults to scaler.num_levels, else 256.
       num_passes: dequantization passes per batch.
+      pad_to: if set, a batch of B < pad_to examples is solved padded to pad_to with copies
+        of its first example, whose results are dropped (a copy changes neither the
+        solver's max error norm nor the other examples' values beyond their own noise).
       **likelihood_kwargs: options of `log_likelihood` (estimator, rtol, atol, t_min, ...).
 
     Returns:
@@ -348,6 +353,8 @@ def dataset_bits_per_dim(key: Array, sde: sdes.SDE, score_fn: ScoreFn,
     num_levels = _resolve_levels(scaler, num_levels)
     if not (isinstance(num_passes, int) and num_passes >= 1):
         raise ValueError(f"num_passes must be a positive int, got {num_passes!r}")
+    if pad_to is not None and not (isinstance(pad_to, int) and pad_to >= 1):
+        raise ValueError(f"pad_to must be None or a positive int, got {pad_to!r}")
     probe = dict(estimator="hutchinson", num_probes=1, rtol=1e-5, atol=1e-5, t_min=1e-5,
                  solver="tsit5", noise="rademacher", max_steps=4096, error_norm="max")
     unknown = sorted(set(likelihood_kwargs) - set(probe))
@@ -359,13 +366,18 @@ def dataset_bits_per_dim(key: Array, sde: sdes.SDE, score_fn: ScoreFn,
     per_example, nfes = [], []
     for i, batch in enumerate(batches):
         levels = _check_levels(batch, num_levels)
+        size = len(levels)
+        if pad_to is not None:
+            if size > pad_to:
+                raise ValueError(f"batch {i} has {size} examples, more than pad_to={pad_to}")
+            levels = np.concatenate([levels, np.repeat(levels[:1], pad_to - size, axis=0)])
         bpd_sum = 0.0
         for p in range(num_passes):
             k = jax.random.fold_in(jax.random.fold_in(key, i), p)
             logp, nfe = _batch_bpd(k, sde, score_fn, jnp.asarray(levels), scale, shift,
                                    num_levels, probe)
-            bpd_sum = bpd_sum + np.asarray(bits_per_dim(logp, levels.shape[1:], num_levels,
-                                                        scaler), np.float64)
+            bpd_sum = bpd_sum + np.asarray(bits_per_dim(logp[:size], levels.shape[1:],
+                                                        num_levels, scaler), np.float64)
             nfes.append(int(nfe))
         per_example.append(bpd_sum / num_passes)
     if not per_example:

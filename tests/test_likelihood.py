@@ -297,22 +297,31 @@ def _poly_moments(d, e):
     return m2, m4 - m2**2
 
 
-def test_dataset_bits_per_dim_matches_closed_form():
+@pytest.mark.parametrize("split, pad_to", [(48, None), (56, 56)])
+def test_dataset_bits_per_dim_matches_closed_form(split, pad_to):
     """Gaussian model N(0, s^2 I) in [-1, 1] space, 17 levels, D = 4, exact score under VP.
 
     For x = c + e u (c = 2k/L - 1, e = 2/L), with p_{t_min} = N(0, v I),
     E_u[-log p(x)] = D/2 log(2 pi v) + sum_i E[(c_i + e u)^2] / (2 v), and its variance over u
     is the sum of the Var[(c_i + e u)^2] / (4 v^2): both exact. bpd adds log2 L - log2 2.
+    With pad_to, batches of 56 and 40 (+ 16 padding copies) are one shape: one trace, and
+    the copies' values are dropped (the mean and SE are over the 96 real examples).
     """
     num_levels, s, shape, n, passes = 17, 0.5, (2, 2), 96, 5
     dim, sde = math.prod(shape), sdes.make("vp")
     gm = GaussianMixture.create([[0.0] * dim], [s])
     levels = np.random.default_rng(0).integers(0, num_levels, (n,) + shape)
-    batches = [levels[:48], levels[48:]]
+    batches = [levels[:split], levels[split:]]
+    traced_shapes = set()
+
+    def score(x, t):
+        traced_shapes.add(x.shape)
+        return gm.score_fn(sde)(x.reshape(x.shape[0], -1), t).reshape(x.shape)
+
     out = likelihood.dataset_bits_per_dim(
-        jax.random.PRNGKey(0), sde, lambda x, t: gm.score_fn(sde)(
-            x.reshape(x.shape[0], -1), t).reshape(x.shape),
-        iter(batches), scaler=_Scaler(num_levels), num_passes=passes, estimator="exact")
+        jax.random.PRNGKey(0), sde, score, iter(batches), scaler=_Scaler(num_levels),
+        num_passes=passes, pad_to=pad_to, estimator="exact")
+    assert traced_shapes == {(split,) + shape} if pad_to else len(traced_shapes) == 1
 
     a, std = (float(v) for v in CASES["vp"][1](np.float64(T_MIN)))
     var = a**2 * s**2 + std**2
@@ -338,6 +347,8 @@ def test_dataset_bits_per_dim_matches_closed_form():
     ([np.zeros((2, 3), np.int32)], {"rtl": 1e-3}, r"unknown log_likelihood options \['rtl'\]"),
     ([np.zeros((2, 3), np.int32)], {"estimator": "nope"}, "unknown estimator"),
     ([], {}, "empty"),
+    ([np.zeros((2, 3), np.int32)], {"pad_to": 0}, "pad_to"),
+    ([np.zeros((3, 3), np.int32)], {"pad_to": 2}, "more than pad_to=2"),
 ])
 def test_dataset_bits_per_dim_bad_input(batches, kwargs, match):
     with pytest.raises(ValueError, match=match):
