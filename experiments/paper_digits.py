@@ -171,14 +171,15 @@ def _load(root: pathlib.Path, variant: str | None):
     return s, [(run, sweep.latest_eval(run.workdir(root))) for run in s.runs]
 
 
-def _mean_spread(values: list[float]) -> str:
+def _mean_spread(values: list[float], decimals: int) -> str:
+    """'mean +- spread' with `decimals` places (bits/dim needs 3: 2.395 and 2.400 differ)."""
     if not values:
         return "-"
     mean = sum(values) / len(values)
     if len(values) == 1:
-        return f"{mean:.3g}"
+        return f"{mean:.{decimals}f}"
     spread = (max(values) - min(values)) / 2
-    return f"{mean:.3g} +- {spread:.2g}"
+    return f"{mean:.{decimals}f} +- {spread:.{decimals}f}"
 
 
 def _arm_of(overrides: dict) -> str | None:
@@ -207,7 +208,7 @@ def train_tables(root: pathlib.Path, variant: str | None) -> str:
             ses = [r["bpd_se"] for r in rs if "bpd_se" in r]
             se = f"{sum(ses) / len(ses):.3f}" if ses else "-"
             out.append(f"| {ARM_LABELS[arm]} | {', '.join(f'{f:.1f}' for f in fids) or '-'} | "
-                       f"{_mean_spread(fids)} | {_mean_spread(bpds)} | {se} |")
+                       f"{_mean_spread(fids, 1)} | {_mean_spread(bpds, 3)} | {se} |")
         out.append("")
     return "\n".join(out)
 

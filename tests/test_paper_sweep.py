@@ -62,3 +62,11 @@ def test_runlocal_sweep_runs_end_to_end(tmp_path, monkeypatch, capsys):
         assert f"| {label} |" in out
     assert "FID noise" in out and "| PC (reverse diffusion + Langevin) | 25 |" in out
     assert plot.stat().st_size > 0
+
+
+def test_mean_spread_keeps_the_decimals_bits_per_dim_needs():
+    # 3 significant digits printed 2.395 and 2.400 both as "2.4"; the tables need 3 places.
+    assert paper_digits._mean_spread([2.39, 2.41], 3) == "2.400 +- 0.010"
+    assert paper_digits._mean_spread([51.46, 52.6], 1) == "52.0 +- 0.6"
+    assert paper_digits._mean_spread([2.3953], 3) == "2.395"
+    assert paper_digits._mean_spread([], 3) == "-"
