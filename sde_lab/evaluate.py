@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import time
 
@@ -270,7 +271,7 @@ def _bits_per_dim(exp, params, step: int) -> dict:
     # Batches as even as the batch size allows, padded to one shape: one compilation of
     # the likelihood (297 test digits at batch 250 were 250 + 47, two compilations; now
     # 149 + 148 padded to 149).
-    size = -(-len(levels) // -(-len(levels) // e.batch_size))
+    size = math.ceil(len(levels) / math.ceil(len(levels) / e.batch_size))
     batches = [levels[i:i + size] for i in range(0, len(levels), size)]
     progress = Progress(f"bits/dim ({len(levels)} {d.eval_split} images) batch",
                         len(batches) * e.bpd_num_passes, parallel.is_main_process())

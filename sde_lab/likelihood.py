@@ -342,8 +342,8 @@ def dataset_bits_per_dim(key: Array, sde: sdes.SDE, score_fn: ScoreFn,
       num_levels: L; defaults to scaler.num_levels, else 256.
       num_passes: dequantization passes per batch.
       pad_to: if set, a batch of B < pad_to examples is solved padded to pad_to with copies
-        of its first example, whose results are dropped (a copy changes neither the
-        solver's max error norm nor the other examples' values beyond their own noise).
+        of its first example, whose results are dropped (a copy, like any example of the
+        batch, can move the shared adaptive step size, not what the others' values estimate).
       **likelihood_kwargs: options of `log_likelihood` (estimator, rtol, atol, t_min, ...).
 
     Returns:
