@@ -284,26 +284,40 @@ def plot(rows: list[dict], path: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     sdes = list(dict.fromkeys(r["sde"] for r in rows))
-    fig, axes = plt.subplots(1, len(sdes), figsize=(5 * len(sdes), 4), sharey=True,
+    curves = [r for r in rows if isinstance(r["fid"], float) and r["num_samples"] is None]
+    # One colour and marker per sampler in every panel, and one legend for the figure.
+    names = sorted({r["sampler"] for r in curves})
+    colors = plt.get_cmap("tab10").colors
+    style = {n: dict(color=colors[i % len(colors)], marker="osD^v<>ph*"[i % 10])
+             for i, n in enumerate(names)}
+    fig, axes = plt.subplots(1, len(sdes), figsize=(5 * len(sdes), 4.6), sharey=True,
                              squeeze=False)
     for ax, sde in zip(axes[0], sdes):
         series: dict[str, list] = {}
-        for r in rows:
-            if r["sde"] == sde and isinstance(r["fid"], float) and r["num_samples"] is None:
+        for r in curves:
+            if r["sde"] == sde:
                 series.setdefault(r["sampler"], []).append((r["nfe"], r["fid"]))
-        for label, points in series.items():
+        for label, points in sorted(series.items()):
             points.sort()
-            ax.plot(*zip(*points), marker="o", label=label)
+            ax.plot(*zip(*points), label=label, **style[label])
         ax.set_xscale("log")
+        ticks = [t for t in (10, 20, 50, 100, 200, 500, 1000, 2000)
+                 if any(t / 1.5 <= r["nfe"] <= t * 1.5 for r in curves)]
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("NFE per sample")
         ax.set_title(sde)
         ax.grid(True, which="both", alpha=0.3)
     axes[0][0].set_ylabel("digits FID (1,000 samples)")
-    if axes[0][-1].get_legend_handles_labels()[0]:
-        axes[0][-1].legend(fontsize=8)
-    fig.tight_layout()
+    if names:
+        fig.legend([plt.Line2D([], [], **style[n]) for n in names], names,
+                   loc="lower center", ncol=min(len(names), 5), fontsize=8)
+        fig.tight_layout(rect=(0, 0.1 if len(names) > 5 else 0.06, 1, 1))
+    else:
+        fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
