@@ -329,6 +329,39 @@ def test_stats_command_on_digits(tmp_path, digits_features, capsys):
     assert "error: digits has splits ['test', 'train'], not 'val'" in capsys.readouterr().err
 
 
+def test_real_data_scores_subsets_and_digits_floor(capsys):
+    """real_data_scores: one draw of every image is the plain FID of all of them (to float
+    rounding), draws are reproducible by seed and differ across seeds. On the main job's
+    setting (1,000 of the 1,500 train digits against the 297 test digits, as the eval
+    computes them) the mean over 200 draws and the all-1,500 figure are the README's 19.4
+    and 17.8: FID's finite-sample bias, the score of real data under that eval. Bad sizes
+    are one-line errors."""
+    rng = np.random.default_rng(21)
+    feats, ref_feats = rng.normal(size=(60, 5)), rng.normal(size=(40, 5))
+    ref = metrics.compute_stats(ref_feats)
+    one = metrics.real_data_scores(feats, ref, 60, 1)
+    np.testing.assert_allclose(one["fid"][0], stats_lib.fid(metrics.compute_stats(feats), ref),
+                               rtol=1e-10)  # only the order of the sums differs
+    a, b = (metrics.real_data_scores(feats, ref, 30, 4, seed=s) for s in (0, 1))
+    np.testing.assert_array_equal(a["fid"], metrics.real_data_scores(feats, ref, 30, 4)["fid"])
+    assert a["kid"].shape == (4,) and not np.array_equal(a["fid"], b["fid"])
+    for n, d in ((61, 1), (0, 1), (10, 0)):
+        with pytest.raises(ValueError, match="num_samples|draws"):
+            metrics.real_data_scores(feats, ref, n, d)
+
+    ext = metrics.make_extractor("digits")
+    split = lambda name: stats_lib._dataset_images("digits", name, None)
+    train, test = ext.features(split("train")), ext.features(split("test"))
+    no_kid = metrics.Stats(*metrics.gaussian_statistics(test))   # FID only: fast
+    floor = metrics.real_data_scores(train, no_kid, 1000, 200)
+    assert floor["kid"].shape == (0,)
+    assert abs(floor["fid"].mean() - 19.39) < 0.005 and abs(floor["fid"].std(ddof=1) - 1.61) < 0.005
+    assert abs(metrics.real_data_scores(train, no_kid, 1500, 1)["fid"][0] - 17.85) < 0.005
+    with pytest.raises(SystemExit):
+        stats_lib.main(["--extractor", "digits", "--images", "x.npy", "--against", "test"])
+    assert "error: --against needs --dataset" in capsys.readouterr().err
+
+
 def test_digits_training_command_runs(tmp_path):
     """A 30-step run of the training command writes loadable weights that beat chance (10%)."""
     out = tmp_path / "d.npz"

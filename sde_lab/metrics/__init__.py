@@ -22,7 +22,7 @@ _EXPORTS = {
     "extractors": ("FeatureExtractor", "available", "make_extractor", "register"),
     "scores": ("frechet_distance", "gaussian_statistics", "inception_score", "kid",
                "kid_subsets", "mmd2_unbiased"),
-    "stats": ("Stats", "compute_stats", "load_stats", "save_stats"),
+    "stats": ("Stats", "compute_stats", "load_stats", "real_data_scores", "save_stats"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_WHERE)
