@@ -33,9 +33,11 @@ Comparisons (the trained arms share the VP / std^2 / eps arm):
 The learning rate stays constant after the warm-up (score_sde's schedule, and the default
 run; issue #15 measured a cosine decay against it, see README).
 
-Cost (chosen to fit ~90 minutes on 2 cores): STEPS = 600 training steps per arm (the
-default run: 2,000), bits/dim on the first BPD_EXAMPLES test images for comparisons 1 and 2
-only, N = 100 predictor steps (score_sde: 1,000).
+Cost: STEPS = 600 training steps per arm (the default run: 1,500), bits/dim on the first
+BPD_EXAMPLES test images for comparisons 1 and 2 only, N = 100 predictor steps (score_sde:
+1,000). Chosen to fit ~90 minutes on 2 cores, which it does not on the machine of the
+README's run: alone, a trained arm with bits/dim took 8.3-8.9 min and one without 4-5 min
+(~105 min for the 14), and the 43 eval-only sampler runs about 45 min more.
 """
 
 from __future__ import annotations

@@ -175,12 +175,9 @@ def _cases(tmp):
         ("sample.sampler", "rk4", "sample.sampler='rk4'"),
         ("sample.num_samples", 0, "sample.num_samples=0"),
         ("sample.batch_size", 0, "sample.batch_size=0"),
-        ("sample.dpm_solver_pp.num_steps", 0, "num_steps"),
-        ("sample.dpm_solver_pp.grid", "cubic", "grid 'cubic'"),
-        ("sample.dpm_solver_pp.order", 5, "order '5'"),
-        ("sample.dpm_solver_pp.t_min", 2.0, "t_min"),
-        ("sample.dpm_solver_pp.sigma_max", -1.0, "sigma_max"),
-        ("sample.ddim.eta", 0.5, "sample.ddim.eta is set but sample.sampler='dpm_solver++'"),
+        ("sample.reverse_diffusion.num_steps", 0, "num_steps must be a positive int, got 0"),
+        ("sample.reverse_diffusion.num_steps", 10, "undefined on this grid of 10 steps"),
+        ("sample.ddim.eta", 0.5, "sample.ddim.eta is set but sample.sampler='reverse_diffusion'"),
         ("eval.num_samples", 0, "eval.num_samples=0"), ("eval.batch_size", 0, "eval.batch_size=0"),
         ("eval.feature_extractor", "clip", "eval.feature_extractor='clip'"),
         ("eval.bpd_estimator", "exactish", "eval.bpd_estimator"),
@@ -196,6 +193,12 @@ def _cases(tmp):
         ("parallel.process_id", -5, "parallel.process_id"),
     ]:
         m([f"--config.{field}={value}"], expect)
+    # Another sampler's section (digits' default sampler is reverse_diffusion).
+    for field, value, expect in [
+        ("num_steps", 0, "num_steps"), ("grid", "cubic", "grid 'cubic'"),
+        ("order", 5, "order '5'"), ("t_min", 2.0, "t_min"), ("sigma_max", -1.0, "sigma_max")]:
+        m(["--config.sample.sampler=dpm_solver++", f"--config.sample.dpm_solver_pp.{field}={value}"],
+          expect)
     # Combinations: an option's value that is wrong only together with another.
     m(["--config.sde.name=ve", "--config.sde.ve.sigma_min=0"], "sigma_min=0")
     m(["--config.sde.name=ve", "--config.sde.ve.sigma_max=inf"], "sigma_max=inf")
@@ -240,7 +243,7 @@ def _cases(tmp):
         ("denoise", ["--config.inverse.noise_std=-0.1"], "inverse.noise_std=-0.1"),
         ("denoise", ["--config.sample.sampler=ancestral", "--config.inverse.noise_std=100"],
          "outside the SDE's noise levels"),
-        ("denoise", [], "needs a reverse-SDE sampler"),
+        ("denoise", ["--config.sample.sampler=dpm_solver++"], "needs a reverse-SDE sampler"),
         ("colorize", [], "needs colour images"),
         ("score", ["--config.inverse.score_methods=bpd,likelihood"], "'likelihood'"),
         ("score", ["--config.inverse.reconstruction_t0s=0.1,2"], "reconstruction_t0s"),

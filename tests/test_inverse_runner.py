@@ -247,7 +247,7 @@ def test_image_modes_end_to_end_on_a_tiny_digits_run(tmp_path):
     config.inverse.batch_size = 4
     assert run.main(config, workdir, "train") == 0
     assert run.main(config, workdir, "inpaint") == 0
-    out = os.path.join(workdir, "inverse", "inpaint_20_half_replacement_reverse_diffusion10")
+    out = os.path.join(workdir, "inverse", "inpaint_20_half_replacement_reverse_diffusion25")
     res = json.load(open(out + ".json"))
     assert res["observed_kept_exactly"] and 0 <= res["accuracy_result"] <= 1
     assert res["accuracy_truth"] >= 0.75          # the classifier on real test digits
