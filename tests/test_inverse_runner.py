@@ -146,7 +146,7 @@ def test_bad_inverse_fields_are_config_errors(fields, match):
 
 @pytest.mark.parametrize("mode, fields, match", [
     ("colorize", {}, "needs colour images"),
-    ("denoise", {}, "needs a reverse-SDE sampler"),
+    ("denoise", dict(sample__sampler="dpm_solver++"), "needs a reverse-SDE sampler"),
     ("denoise", dict(inverse__noise_std=100.0), "outside the SDE's noise levels"),
     ("inpaint", dict(sample__sampler="ode"), "needs a fixed-step sampler"),
 ])
