@@ -357,6 +357,8 @@ def test_real_data_scores_subsets_and_digits_floor(capsys):
     assert floor["kid"].shape == (0,)
     assert abs(floor["fid"].mean() - 19.39) < 0.005 and abs(floor["fid"].std(ddof=1) - 1.61) < 0.005
     assert abs(metrics.real_data_scores(train, no_kid, 1500, 1)["fid"][0] - 17.85) < 0.005
+    f64 = lambda f: (np.mean(f, 0, dtype=np.float64), np.cov(np.float64(f), rowvar=False))
+    assert abs(_fid_eigh(*f64(train), *f64(test)) - 17.85) < 0.005   # independent reference
     with pytest.raises(SystemExit):
         stats_lib.main(["--extractor", "digits", "--images", "x.npy", "--against", "test"])
     assert "error: --against needs --dataset" in capsys.readouterr().err

@@ -136,6 +136,11 @@ def _file_images(path: str) -> np.ndarray:
         return data[key]
 
 
+def _extractor(args):
+    kwargs = {"weights_path": args.weights} if args.weights or args.extractor == "inception" else {}
+    return extractors.make_extractor(args.extractor, **kwargs)
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):
         self.exit(2, f"error: {' '.join(message.split())}\n")
@@ -171,8 +176,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         images = (_file_images(args.images)[:args.num_examples] if args.images
                   else _dataset_images(args.dataset, args.split, args.num_examples))
-        kwargs = {"weights_path": args.weights} if args.weights or args.extractor == "inception" else {}
-        extractor = extractors.make_extractor(args.extractor, **kwargs)
+        extractor = _extractor(args)
         start = time.time()
         stats = compute_stats(extractor.features(images, args.batch_size))
     except (ValueError, FileNotFoundError, OSError) as e:
@@ -184,8 +188,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def _real_data_floor(parser, args) -> None:
     try:
-        kwargs = {"weights_path": args.weights} if args.weights or args.extractor == "inception" else {}
-        extractor = extractors.make_extractor(args.extractor, **kwargs)
+        extractor = _extractor(args)
         pool = extractor.features(_dataset_images(args.dataset, args.split, None), args.batch_size)
         reference = compute_stats(extractor.features(
             _dataset_images(args.dataset, args.against, None), args.batch_size))
