@@ -68,8 +68,10 @@ def get_default() -> ml_collections.ConfigDict:
                                           # results); not for mlp
     model.conv_backward = "auto"          # kernel gradients of stride-1 convs: xla
                                           # (transposed conv) | gemm (one matmul per tap,
-                                          # faster on XLA:CPU) | auto (gemm on CPU); same
-                                          # results; not for mlp
+                                          # faster with YNNPACK's CPU convolutions) | auto
+                                          # (gemm where XLA:CPU uses YNNPACK's convolutions,
+                                          # see parallel.cpu_convolutions); same results up
+                                          # to rounding; not for mlp
 
     # ---- Loss (sde_lab.losses): dsm | ddpm | smld | vdm_vlb | edm | flow_matching ----
     # dsm: continuous-time DSM (weighting std2 | likelihood, importance_sampling, reduce
@@ -237,11 +239,20 @@ def get_default() -> ml_collections.ConfigDict:
     par.coordinator_address = ""          # multi-host: host:port; "" = from Slurm/TPU env
     par.num_processes = 0                 # multi-host: 0 = from the environment
     par.process_id = -1                   # multi-host: -1 = from the environment
-    par.compilation_cache = ""            # directory for JAX's persistent compilation cache
+    par.compilation_cache = "auto"        # directory for JAX's persistent compilation cache
                                           # (created if missing): a restart, eval or sweep
                                           # run of the same program loads it instead of
-                                          # compiling; "" = JAX's default (none, unless the
-                                          # JAX_COMPILATION_CACHE_DIR variable is set)
+                                          # compiling. "auto": $SDE_LAB_COMPILATION_CACHE,
+                                          # else $JAX_COMPILATION_CACHE_DIR, else
+                                          # ~/.cache/sde_lab/jax_compilation_cache;
+                                          # "none": no cache
+    par.cpu_convolutions = "xla"          # XLA:CPU's kernels for convolutions: xla (its
+                                          # own) | ynnpack (jaxlib's default). On a 2-core
+                                          # AVX2 CPU YNNPACK's conv kernel gradients run at
+                                          # half the rate and the DDPM++ train step takes
+                                          # 1.25x as long (README "Training speed on CPU").
+                                          # Applied before JAX starts; an XLA_FLAGS naming
+                                          # --xla_cpu_experimental_ynn_fusion_type wins
     return config
 
 

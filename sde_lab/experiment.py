@@ -28,7 +28,7 @@ import numpy as np
 
 from sde_lab import data as data_lib
 from sde_lab import guidance as guidance_lib
-from sde_lab import losses, models, parameterization, samplers, sdes
+from sde_lab import losses, models, parallel, parameterization, samplers, sdes
 from sde_lab.registry import section_name
 
 
@@ -327,7 +327,8 @@ class ParallelSpec:
     coordinator_address: str | None
     num_processes: int | None
     process_id: int | None
-    compilation_cache: str | None = None   # directory; None: JAX's default (no cache)
+    compilation_cache: str | None = None   # directory or "none"; None: JAX's default
+    cpu_convolutions: str = "xla"
 
 
 class Keys:
@@ -838,12 +839,21 @@ def parallel_spec(config) -> ParallelSpec:
              p.process_id, "must be an int >= 0, or -1 (from the environment)")
     cache = p.compilation_cache
     _require(isinstance(cache, str), "parallel.compilation_cache", cache,
-             "must be a directory path, or '' for none")
-    path = os.path.abspath(os.path.expanduser(cache)) if cache else None
-    _require(path is None or not os.path.exists(path) or os.path.isdir(path),
-             "parallel.compilation_cache", cache, "exists and is not a directory")
+             "must be a directory path, 'auto' (the default directory), 'none' (no cache) "
+             "or '' (JAX's own setting)")
+    if cache.strip().lower() == "auto":
+        cache = parallel.default_cache_dir()
+    if cache.strip().lower() == "none":
+        path = "none"
+    else:
+        path = os.path.abspath(os.path.expanduser(cache)) if cache else None
+        _require(path is None or not os.path.exists(path) or os.path.isdir(path),
+                 "parallel.compilation_cache", p.compilation_cache,
+                 f"{path} exists and is not a directory")
+    kernels = p.get("cpu_convolutions", "xla")
+    _choice("parallel.cpu_convolutions", kernels, parallel.CPU_CONVOLUTIONS)
     return ParallelSpec(p.mode, p.coordinator_address or None, p.num_processes or None,
-                        None if p.process_id < 0 else p.process_id, path)
+                        None if p.process_id < 0 else p.process_id, path, kernels)
 
 
 def build(config: ml_collections.ConfigDict) -> Experiment:

@@ -188,6 +188,9 @@ def main(config, workdir: str, mode: str = "train", dry_run: bool = False,
     """Runs `mode` for `config` in `workdir`; returns an exit code."""
     interrupts.install()
     p = experiment.parallel_spec(config)  # checked before JAX touches any device
+    # Before JAX creates its backends, which read XLA_FLAGS once (a process that already
+    # has them, e.g. a notebook or a test calling main() twice, keeps its first setting).
+    parallel.set_cpu_convolutions(p.cpu_convolutions)
     if p.compilation_cache:  # before the first compilation, which fixes JAX's cache
         try:
             parallel.enable_compilation_cache(p.compilation_cache)

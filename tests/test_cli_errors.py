@@ -191,6 +191,8 @@ def _cases(tmp):
         ("parallel.mode", "spmd", "parallel.mode='spmd'"),
         ("parallel.num_processes", -1, "parallel.num_processes"),
         ("parallel.process_id", -5, "parallel.process_id"),
+        ("parallel.cpu_convolutions", "eigen", "parallel.cpu_convolutions='eigen' is not "
+         "valid; choose from ['xla', 'ynnpack']"),
     ]:
         m([f"--config.{field}={value}"], expect)
     # Another sampler's section (digits' default sampler is reverse_diffusion).

@@ -42,6 +42,7 @@ def test_runlocal_sweep_runs_end_to_end(tmp_path, monkeypatch, capsys):
     (tables, FID noise, plot) is produced."""
     monkeypatch.chdir(ROOT)
     monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "jax_cache"))
+    monkeypatch.setenv("SDE_LAB_COMPILATION_CACHE", str(tmp_path / "jax_cache"))
     root = tmp_path / "root"
     for variant in ("runlocal", "runlocal_samplers"):
         assert sweep.main(["run", f"{SWEEP}:{variant}", "--root", str(root),

@@ -246,3 +246,117 @@ def test_compilation_cache_can_be_turned_off(monkeypatch):
         assert not jax.config.jax_enable_compilation_cache
     finally:
         jax.config.update("jax_enable_compilation_cache", before)
+
+
+# -- XLA:CPU convolution kernels: XLA's own or YNNPACK's ------------------------------------
+
+_CONV_CHILD = """
+import hashlib, sys
+import jax
+import jax.numpy as jnp
+import numpy as np
+from sde_lab import parallel
+
+honoured = parallel.set_cpu_convolutions(sys.argv[1])
+conv = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
+                                                 dimension_numbers=("NHWC", "HWIO", "NHWC"))
+k1, k2 = jax.random.split(jax.random.PRNGKey(0))
+x, dy = jax.random.normal(k1, (2, 16, 16, 32)), jax.random.normal(k2, (2, 16, 16, 32))
+dw = jax.jit(lambda x, dy: jax.vjp(lambda w: conv(x, w), jnp.zeros((3, 3, 32, 32)))[1](dy)[0])
+dw = np.asarray(dw(x, dy), np.float64)
+x, dy = np.asarray(x, np.float64), np.asarray(dy, np.float64)
+xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+exact = np.stack([np.stack([np.einsum("bhwi,bhwo->io", xp[:, i:i + 16, j:j + 16], dy)
+                            for j in range(3)]) for i in range(3)])
+late = parallel.set_cpu_convolutions("ynnpack" if sys.argv[1] == "xla" else "xla")
+print(honoured, parallel.cpu_convolutions(), hashlib.md5(dw.tobytes()).hexdigest(),
+      np.abs(dw - exact).max() / np.abs(exact).max(), late)
+"""
+
+
+def _conv_child(kind: str, xla_flags: str = "") -> tuple:
+    env = _subprocess_env(1)
+    env["XLA_FLAGS"] = f"{env['XLA_FLAGS']} {xla_flags}".strip()
+    proc = subprocess.run([sys.executable, "-c", _CONV_CHILD, kind], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    honoured, kernels, digest, err, late = proc.stdout.split()
+    assert float(err) < 1e-5  # both kernels compute the gradient; float32 rounding only
+    return honoured == "True", kernels, digest, late == "True"
+
+
+def test_set_cpu_convolutions_reaches_xla_and_the_environment_wins():
+    """The setting reaches XLA: the two kernels round the same conv kernel gradient
+    differently (bit patterns differ, both within float32 rounding of float64). An XLA_FLAGS
+    that names the flag wins (the call says False and the kernels stay the environment's),
+    and once the backend exists a change is refused (False), not silently claimed."""
+    ours, ynn = _conv_child("xla"), _conv_child("ynnpack")
+    assert ours[:2] == (True, "xla") and ynn[:2] == (True, "ynnpack")
+    assert ours[2] != ynn[2]
+    assert not ours[3] and not ynn[3]
+    env_ynn = _conv_child("xla", f"{parallel.YNN_FLAG}=individual_dot,individual_convolution")
+    assert env_ynn[:3] == (False, "ynnpack", ynn[2])
+    env_xla = _conv_child("ynnpack", f"{parallel.YNN_FLAG}=")
+    assert env_xla[:3] == (False, "xla", ours[2])
+
+
+@pytest.mark.parametrize("flags,kernels", [
+    ("", "ynnpack"), ("--xla_force_host_platform_device_count=4", "ynnpack"),
+    (f"{parallel.YNN_FLAG}=", "xla"), (f"{parallel.YNN_FLAG}=-individual_convolution", "xla"),
+    (f"{parallel.YNN_FLAG}=-individual_dot", "ynnpack"),
+    (f"{parallel.YNN_FLAG}=individual_dot,eltwise", "xla"),
+    (f"{parallel.YNN_FLAG}=dot,individual_convolution", "ynnpack"),
+    (f"{parallel.YNN_FLAG}= {parallel.YNN_FLAG}=individual_convolution", "ynnpack")])
+def test_cpu_convolutions_reads_xla_flags(flags, kernels):
+    assert parallel.cpu_convolutions(flags) == kernels
+
+
+def test_runner_sets_the_kernels_before_jax_starts(monkeypatch):
+    """run.main applies config.parallel.cpu_convolutions before anything else touches JAX,
+    and a bad value is one config error."""
+    from configs import digits
+    from sde_lab import experiment, run
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def record(kind):
+        seen.append(kind)
+        raise Stop
+
+    monkeypatch.setattr(parallel, "set_cpu_convolutions", record)
+    for value in ("xla", "ynnpack"):
+        config = digits.get_config()
+        config.parallel.cpu_convolutions = value
+        with pytest.raises(Stop):
+            run.main(config, "/nonexistent", "train")
+    assert seen == ["xla", "ynnpack"]
+    config.parallel.cpu_convolutions = "eigen"
+    with pytest.raises(experiment.ConfigError, match="parallel.cpu_convolutions"):
+        run.main(config, "/nonexistent", "train")
+
+
+def test_compilation_cache_config_values(monkeypatch, tmp_path):
+    """config.parallel.compilation_cache: "auto" (the default) is $SDE_LAB_COMPILATION_CACHE,
+    else $JAX_COMPILATION_CACHE_DIR, else ~/.cache/sde_lab/jax_compilation_cache; "none" is
+    off; "" leaves JAX's own setting; a path is made absolute."""
+    from configs import default
+    from sde_lab import experiment
+
+    config = default.get_config()
+    assert config.parallel.compilation_cache == "auto"
+    spec = lambda: experiment.parallel_spec(config).compilation_cache  # noqa: E731
+    monkeypatch.delenv(parallel.CACHE_DIR_ENV, raising=False)
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+    assert spec() == os.path.expanduser(parallel.DEFAULT_CACHE_DIR)
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "jax"))
+    assert spec() == str(tmp_path / "jax")
+    monkeypatch.setenv(parallel.CACHE_DIR_ENV, str(tmp_path / "ours"))
+    assert spec() == str(tmp_path / "ours")
+    monkeypatch.setenv(parallel.CACHE_DIR_ENV, "none")
+    assert spec() == "none"
+    for value, expected in [("none", "none"), ("", None), ("rel/dir", os.path.abspath("rel/dir"))]:
+        config.parallel.compilation_cache = value
+        assert spec() == expected

@@ -19,6 +19,8 @@
 
 import functools
 import math
+import os
+from unittest import mock
 
 import jax
 import jax.numpy as jnp
@@ -26,7 +28,7 @@ from jax.extend import core as jax_core
 import numpy as np
 import pytest
 
-from sde_lab import models
+from sde_lab import models, parallel
 from sde_lab.models import layers
 
 KEY = jax.random.PRNGKey(0)
@@ -303,8 +305,12 @@ def test_conv_backward_gemm_equals_xla_in_networks(family):
         params)) for net in nets]
     np.testing.assert_allclose(grads[1], grads[0], rtol=1e-4,
                                atol=1e-5 * float(np.max(np.abs(grads[0]))))
-    assert layers.conv_fn("auto") is (layers.gemm_backward_conv
-                                      if jax.default_backend() == "cpu" else None)
+    # "auto": gemm only where XLA:CPU runs YNNPACK's convolutions (not this test process:
+    # conftest sets XLA's own, the runner's default).
+    assert parallel.cpu_convolutions() == "xla" and layers.conv_fn("auto") is None
+    with mock.patch.dict(os.environ, {"XLA_FLAGS": ""}):
+        assert layers.conv_fn("auto") is (layers.gemm_backward_conv
+                                          if jax.default_backend() == "cpu" else None)
 
 
 # ---------------------------------------------------------------------------------------

@@ -189,12 +189,15 @@ def gemm_backward_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs
 
 def conv_fn(conv_backward: str):
     """The `conv_general_dilated` for flax.linen.Conv: None (lax's) for "xla",
-    `gemm_backward_conv` for "gemm"; "auto" is "gemm" when the default backend is the CPU
-    (where it is faster) and "xla" elsewhere (GPU/TPU convolution libraries compute kernel
-    gradients well). Resolved when the network is traced."""
+    `gemm_backward_conv` for "gemm"; "auto" is "gemm" only where XLA:CPU runs convolutions
+    with YNNPACK (jaxlib's default, `parallel.cpu_convolutions()`), whose kernel gradients
+    are slow, and "xla" elsewhere: XLA's own CPU convolutions and the GPU/TPU libraries
+    compute kernel gradients well. Resolved when the network is traced."""
     check_choice("conv_backward", conv_backward, CONV_BACKWARDS)
     if conv_backward == "auto":
-        conv_backward = "gemm" if jax.default_backend() == "cpu" else "xla"
+        from sde_lab import parallel  # the process's XLA:CPU setting
+        slow = jax.default_backend() == "cpu" and parallel.cpu_convolutions() == "ynnpack"
+        conv_backward = "gemm" if slow else "xla"
     return None if conv_backward == "xla" else gemm_backward_conv
 
 
