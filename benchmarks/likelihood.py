@@ -21,13 +21,35 @@ and the speed-up, are small. The Hutchinson error is mostly probe noise (one Rad
 probe per example), not solver error.
 
     PYTHONPATH=. python benchmarks/likelihood.py [--sde vp] [--batch 64] [--repeats 5]
+
+With `--network ddpmpp_cont` it instead compares, on the published DDPM++ cont. network
+(VP, eps parameterization, randomly initialised with output scale `--init-scale` 1 so the
+drift is as large as a trained eps-model's rather than the zero-initialised head's ~0),
+the in-graph likelihood (error norms "max" and "rms") with score_sde_pytorch's own
+`likelihood.get_likelihood_fn` (`--reference-dir`, a clone of yang-song/score_sde_pytorch;
+SciPy RK45 on the host, RMS norm) at equal *accuracy*: each method's bits/dim error is
+measured against its own tight solve (rtol = atol = `--tight`, same Hutchinson probe, so
+the difference is solver error alone), and the in-graph setting that reaches the
+reference's rtol = 1e-5 error at least cost is reported with its time ratio. Per row: NFE
+(drift evaluations), steps, network passes per evaluation (in-graph: one forward + one JVP
+through `jax.linearize`; reference: two forwards + one backward, its drift_fn and div_fn),
+time per example. Each in-graph setting is run twice (the first call compiles) and the
+second is timed; methods alternate per tolerance (A, B, C, A, B, C), with `uptime` before
+and after. About an hour on 2 CPU cores at batch 4.
+
+    python benchmarks/likelihood.py --network ddpmpp_cont --reference-dir ../score_sde_pytorch
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import os
+import sys
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this sde_lab
 
 import jax
 import jax.numpy as jnp
@@ -120,13 +142,187 @@ def in_graph(key, sde, score, x, estimator, tol, norm):
     return call
 
 
+# ------------------------------------------------------------------ network mode
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+NETWORK_SIZES = ("ddpmpp_cont", "ddpmpp_cont_deep")  # VP eps-models, as configs/cifar10.py
+
+
+def network_data(batch: int, seed: int = 0) -> np.ndarray:
+    """Dequantized 8-bit images scaled to [-1, 1], NHWC [B, 32, 32, 3] float32."""
+    rng = np.random.default_rng(seed)
+    levels = rng.integers(0, 256, (batch, 32, 32, 3))
+    return (2.0 * (levels + rng.uniform(size=levels.shape)) / 256.0 - 1.0).astype(np.float32)
+
+
+def sde_lab_network_worker(spec: dict) -> None:
+    sys.path.insert(0, HERE)
+    import _workers
+
+    from sde_lab import models, parallel, parameterization
+
+    parallel.enable_compilation_cache(spec.get("cache_dir") or "none")
+    sde = sdes.make("vp")
+    net = models.make("ncsnpp", size=spec["size"], init_scale=spec["init_scale"],
+                      dtype=spec["dtype"])
+    x = jnp.asarray(network_data(spec["batch"]))
+    params = jax.jit(net.init)(jax.random.PRNGKey(0), x[:1], jnp.zeros((1,)))
+    score = jax.tree_util.Partial(parameterization.make("eps").score_model(net.apply, sde),
+                                  params)
+    key = jax.random.PRNGKey(1)
+
+    def call(tol, norm):
+        start = time.perf_counter()
+        logp, stats = likelihood.log_likelihood(key, sde, score, x, "hutchinson", rtol=tol,
+                                                atol=tol, t_min=T_MIN, error_norm=norm)
+        logp, nfe, steps = jax.block_until_ready(
+            (logp, stats["nfe"], stats["num_steps"]))
+        bpd = likelihood.bits_per_dim(logp, x.shape[1:], 256, scaler=lambda y: 2 * y - 1)
+        return dict(bpd=np.asarray(bpd).tolist(), nfe=int(nfe), steps=int(steps),
+                    seconds=time.perf_counter() - start)
+
+    def solve(tol, norm, timed=True):
+        first = call(tol, norm)           # compiles (filter_jit: tolerances are static)
+        second = call(tol, norm) if timed else first
+        return dict(second, first_call_s=first["seconds"], load=os.getloadavg()[0])
+
+    _workers.serve(dict(num_params=sum(v.size for v in jax.tree.leaves(params)),
+                        device=jax.devices()[0].device_kind),
+                   {"solve": solve,
+                    "quit": lambda: dict(rss_peak=_workers.peak_rss_bytes())})
+
+
+def reference_network_worker(spec: dict) -> None:
+    sys.path.insert(0, HERE)
+    import _workers
+    import reference
+
+    torch = reference.import_reference(spec["reference_dir"], spec["torch_threads"])
+    solve_fn, num_params = reference.make_likelihood(spec["size"], spec["batch"],
+                                                     init_scale=spec["init_scale"], eps=T_MIN)
+    data = torch.from_numpy(np.ascontiguousarray(network_data(spec["batch"]).transpose(0, 3, 1, 2)))
+
+    def solve(tol, norm, timed=True):
+        del norm, timed  # SciPy's RK45 always uses the RMS norm; nothing to compile
+        start = time.perf_counter()
+        bpd, nfe = solve_fn(data, tol, tol)
+        return dict(bpd=bpd.tolist(), nfe=int(nfe), steps=None,
+                    seconds=time.perf_counter() - start, load=os.getloadavg()[0])
+
+    _workers.serve(dict(num_params=num_params, torch=torch.__version__,
+                        threads=torch.get_num_threads()),
+                   {"solve": solve, "quit": lambda: dict(rss_peak=_workers.peak_rss_bytes())})
+
+
+def network_main(args) -> None:
+    sys.path.insert(0, HERE)
+    import _workers
+
+    print(f"uptime before: {_workers.uptime()}", flush=True)
+    common = dict(size=args.network, batch=args.batch, init_scale=args.init_scale)
+    argv = lambda spec: [sys.executable, "-u", os.path.abspath(__file__), "--worker",  # noqa: E731
+                         json.dumps(spec)]
+    workers = {"sde_lab": _workers.Worker("sde_lab", argv(dict(
+        common, kind="sde_lab", dtype=args.dtype, cache_dir=args.cache_dir)))}
+    workers["sde_lab"].ready(args.timeout)
+    if args.reference_dir:
+        workers["reference"] = _workers.Worker("reference", argv(dict(
+            common, kind="reference", reference_dir=args.reference_dir,
+            torch_threads=args.torch_threads)))
+        workers["reference"].ready(args.timeout)
+    methods = [("in-graph max", "sde_lab", "max"), ("in-graph rms", "sde_lab", "rms")]
+    if args.reference_dir:
+        methods.append(("score_sde RK45 (rms)", "reference", "rms"))
+    results = {}
+    try:
+        for tol in [args.tight] + [float(t) for t in args.tols.split(",")]:
+            for label, who, norm in methods:
+                if tol == args.tight and label == "in-graph rms" and not args.floor:
+                    continue
+                out = workers[who].ask("solve", args.timeout, tol=tol, norm=norm,
+                                       timed=tol != args.tight)
+                results[(label, tol)] = out
+                print(f"# {label} rtol=atol={tol:g}: nfe {out['nfe']}, {out['seconds']:.1f} s "
+                      f"(load {out['load']:.1f})", flush=True)
+    finally:
+        for w in workers.values():
+            w.close()
+    _network_table(results, methods, args)
+    print(f"uptime after: {_workers.uptime()}", flush=True)
+
+
+def _network_table(results, methods, args) -> None:
+    passes = {"sde_lab": "1 fwd + 1 JVP", "reference": "2 fwd + 1 bwd"}
+    tight = {who: np.asarray(results[(label, args.tight)]["bpd"])
+             for label, who, _ in methods if (label, args.tight) in results}
+    print(f"\nDDPM++ ({args.network}), random init (init_scale {args.init_scale}), VP, "
+          f"batch {args.batch}, Hutchinson (Rademacher, one probe), t_min {T_MIN}; errors of "
+          f"bits/dim against each method's own solve at rtol=atol={args.tight:g}\n")
+    if ("in-graph rms", args.tight) in results:
+        floor = np.abs(np.asarray(results[("in-graph rms", args.tight)]["bpd"]) - tight["sde_lab"])
+        print(f"in-graph max vs rms at {args.tight:g}: {floor.mean():.1e} bits/dim (floor of "
+              "the error column)\n")
+    print("| method | rtol=atol | NFE | steps | network passes per evaluation | s per example "
+          "| mean abs bpd err | max abs bpd err |")
+    print("|---|---|---|---|---|---|---|---|")
+    rows = {}
+    for (label, tol), out in results.items():
+        if tol == args.tight:
+            continue
+        who = next(w for lab, w, _ in methods if lab == label)
+        err = np.abs(np.asarray(out["bpd"]) - tight[who])
+        per_example = out["seconds"] / args.batch
+        rows[(label, tol)] = (err.mean(), per_example)
+        steps = out["steps"] if out["steps"] is not None else f"~{(out['nfe'] - 2) / 6:.0f}"
+        print(f"| {label} | {tol:g} | {out['nfe']} | {steps} | {passes[who]} | "
+              f"{per_example:.2f} | {err.mean():.1e} | {err.max():.1e} |")
+    ref = rows.get(("score_sde RK45 (rms)", 1e-5))
+    if ref is None:
+        return
+    print(f"\nreference at 1e-5: mean error {ref[0]:.1e} bits/dim, {ref[1]:.2f} s per example")
+    for label in ("in-graph max", "in-graph rms"):
+        ok = [(cost, tol) for (lab, tol), (err, cost) in rows.items()
+              if lab == label and err <= ref[0]]
+        if ok:
+            cost, tol = min(ok)
+            print(f"{label}: cheapest setting at least as accurate: rtol=atol={tol:g}, "
+                  f"{cost:.2f} s per example = {cost / ref[1]:.2f}x the reference (floor 0.7x)")
+        else:
+            print(f"{label}: no tolerance in --tols reached the reference's accuracy")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sde", default="vp", choices=["vp", "subvp", "ve"])
     parser.add_argument("--dim", type=int, default=16)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5, help="calls per method per round")
+    parser.add_argument("--network", choices=NETWORK_SIZES,
+                        help="compare on this published network instead (see the docstring)")
+    parser.add_argument("--reference-dir", help="score_sde_pytorch checkout (network mode)")
+    parser.add_argument("--torch-threads", type=int, default=2)
+    parser.add_argument("--tols", default="1e-3,1e-4,1e-5", help="network mode tolerances")
+    parser.add_argument("--tight", type=float, default=1e-6,
+                        help="network mode: tolerance of the accuracy reference solves (a "
+                             "decade below the tightest compared; float32 networks make "
+                             "tighter ones noise-limited, see --floor)")
+    parser.add_argument("--floor", action="store_true",
+                        help="network mode: also solve rms at --tight (error floor estimate)")
+    parser.add_argument("--init-scale", type=float, default=1.0)
+    parser.add_argument("--dtype", default="float32", help="network mode: compute dtype")
+    parser.add_argument("--cache-dir", default="", help="JAX compilation cache (default off)")
+    parser.add_argument("--timeout", type=float, default=7200.0)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.worker:
+        spec = json.loads(args.worker)
+        (sde_lab_network_worker if spec["kind"] == "sde_lab" else reference_network_worker)(spec)
+        return
+    if args.network:
+        if args.batch == 64:  # the mixture's default; a 61.8M network wants fewer
+            args.batch = 4
+        network_main(args)
+        return
 
     sde, gm = sdes.make(args.sde), mixture(args.dim)
     score = gm.score_fn(sde)

@@ -102,7 +102,8 @@ def _device_peak_bytes(jax) -> int | None:
     return int(stats["peak_bytes_in_use"]) if stats and "peak_bytes_in_use" in stats else None
 
 
-def build_sde_lab_step(size: str, batch: int, dtype: str, remat: bool):
+def build_sde_lab_step(size: str, batch: int, dtype: str, remat: bool,
+                       conv_backward: str = "auto"):
     """(step_fn, state, batch, keys): the trainer's jitted step on one device."""
     import types
 
@@ -114,7 +115,8 @@ def build_sde_lab_step(size: str, batch: int, dtype: str, remat: bool):
     from sde_lab import state as state_lib
 
     sde_name, sde_options, param_name, centered = SIZES[size]
-    net = models.make("ncsnpp", size=size, dtype=dtype, remat=remat)
+    net = models.make("ncsnpp", size=size, dtype=dtype, remat=remat,
+                      conv_backward=conv_backward)
     sde = sdes.make(sde_name, **sde_options)
     param = parameterization.make(param_name)
     loss = losses.make("dsm", weighting="std2", importance_sampling=False, reduce="mean",
@@ -155,10 +157,14 @@ def sde_lab_worker(spec: dict) -> None:
 
     from sde_lab import parallel
 
+    # The runner's start-up: XLA:CPU's convolution kernels (a --variant naming the YNNPACK
+    # flag wins), then the compilation cache.
+    parallel.set_cpu_convolutions(spec.get("cpu_convolutions", "xla"))
     parallel.enable_compilation_cache(spec.get("cache_dir") or "none")
     start = time.perf_counter()
     step_fn, state, data, keys = build_sde_lab_step(spec["size"], spec["batch"], spec["dtype"],
-                                                    spec["remat"])
+                                                    spec["remat"],
+                                                    spec.get("conv_backward", "auto"))
     jax.block_until_ready(state)
     build_s, rss_after_init = time.perf_counter() - start, _workers.peak_rss_bytes()
 
@@ -245,8 +251,11 @@ def _configs(args) -> list[list[dict]]:
             raise SystemExit(f"unknown size '{size}'; available: {sorted(SIZES)}")
         for remat in args.remat.split(","):
             group = [dict(kind="sde_lab", size=size, batch=args.batch, dtype=dtype,
-                          remat=remat == "on", variant=variant, cache_dir=args.cache_dir)
-                     for dtype in args.dtypes.split(",") for variant in args.variant]
+                          remat=remat == "on", variant=variant, cache_dir=args.cache_dir,
+                          conv_backward=cb, cpu_convolutions=kernels)
+                     for dtype in args.dtypes.split(",") for variant in args.variant
+                     for kernels in args.cpu_convolutions.split(",")
+                     for cb in args.conv_backward.split(",")]
             if args.reference_dir and remat == "off":
                 group.append(dict(kind="reference", size=size, batch=args.batch,
                                   reference_dir=args.reference_dir,
@@ -261,7 +270,11 @@ def _label(spec: dict) -> str:
     if spec["kind"] == "reference":
         return f"{spec['size']} score_sde_pytorch"
     flags = f" [{spec['variant']}]" if spec["variant"] else ""
-    return f"{spec['size']} {spec['dtype']} remat={'on' if spec['remat'] else 'off'}{flags}"
+    cb = spec.get("conv_backward", "auto")
+    cb = f" conv_backward={cb}" if cb != "auto" else ""
+    if spec.get("cpu_convolutions", "xla") != "xla":
+        cb += f" cpu_convolutions={spec['cpu_convolutions']}"
+    return f"{spec['size']} {spec['dtype']} remat={'on' if spec['remat'] else 'off'}{cb}{flags}"
 
 
 def _spawn(spec: dict):
@@ -401,6 +414,12 @@ def main():
     parser.add_argument("--dtypes", default="float32",
                         help="compute dtypes to run, e.g. float32,bfloat16")
     parser.add_argument("--remat", default="off", help="off, on, or off,on")
+    parser.add_argument("--cpu-convolutions", default="xla",
+                        help="config.parallel.cpu_convolutions values to time, comma-separated "
+                             "(xla: the runner's default, ynnpack: jaxlib's)")
+    parser.add_argument("--conv-backward", default="auto",
+                        help="model.conv_backward values to time, comma-separated "
+                             "(auto, xla, gemm)")
     parser.add_argument("--variant", action="append",
                         help="extra XLA_FLAGS for an sde_lab worker; repeat to A/B several "
                              "(\"\" = none). Default: one variant, no extra flags")
