@@ -374,8 +374,10 @@ def test_digits_training_command_runs(tmp_path):
 
 
 def test_reference_stats_command_uses_the_eval_split(tmp_path):
-    """`python -m sde_lab.metrics.stats --dataset digits --split test` gives exactly the
-    statistics the eval computes for the digits run (same 297 images, same uint8 path)."""
+    """`python -m sde_lab.metrics.stats --dataset digits --split test` gives the statistics
+    the eval computes for the digits run (same 297 images, same uint8 path). Equal to float32
+    rounding, not bit for bit: the two batch the images differently, and XLA:CPU's own
+    convolutions (the runner's default) round a batch-size-dependent way."""
     import sys
 
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -392,5 +394,6 @@ def test_reference_stats_command_uses_the_eval_split(tmp_path):
                     "--out", str(out)])
     cli = metrics.load_stats(str(out))
     assert cli.features.shape == ref.features.shape == (297, 64)
-    np.testing.assert_array_equal(cli.features, ref.features)
-    np.testing.assert_array_equal(cli.mu, ref.mu)
+    scale = float(np.abs(ref.features).max())
+    np.testing.assert_allclose(cli.features, ref.features, rtol=1e-5, atol=1e-6 * scale)
+    np.testing.assert_allclose(cli.mu, ref.mu, rtol=1e-5, atol=1e-6 * scale)
