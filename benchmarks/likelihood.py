@@ -24,7 +24,8 @@ probe per example), not solver error.
 
 With `--network ddpmpp_cont` it instead compares, on the published DDPM++ cont. network
 (VP, eps parameterization, randomly initialised with output scale `--init-scale` 1 so the
-drift is as large as a trained eps-model's rather than the zero-initialised head's ~0),
+drift is as large as a trained eps-model's rather than the zero-initialised head's ~0; the
+reference loads the same weights through `sde_lab.convert.to_reference`),
 the in-graph likelihood (error norms "max" and "rms") with score_sde_pytorch's own
 `likelihood.get_likelihood_fn` (`--reference-dir`, a clone of yang-song/score_sde_pytorch;
 SciPy RK45 on the host, RMS norm) at equal *accuracy*: each method's bits/dim error is
@@ -47,6 +48,7 @@ import json
 import math
 import os
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this sde_lab
@@ -159,14 +161,18 @@ def sde_lab_network_worker(spec: dict) -> None:
     sys.path.insert(0, HERE)
     import _workers
 
-    from sde_lab import models, parallel, parameterization
+    from sde_lab import convert, models, parallel, parameterization
 
+    parallel.set_cpu_convolutions(spec.get("cpu_convolutions", "xla"))  # as the runner
     parallel.enable_compilation_cache(spec.get("cache_dir") or "none")
     sde = sdes.make("vp")
     net = models.make("ncsnpp", size=spec["size"], init_scale=spec["init_scale"],
                       dtype=spec["dtype"])
     x = jnp.asarray(network_data(spec["batch"]))
     params = jax.jit(net.init)(jax.random.PRNGKey(0), x[:1], jnp.zeros((1,)))
+    # The reference loads these weights: both sides integrate the same network.
+    np.savez(spec["weights"], **convert.to_reference(
+        jax.device_get(params), net, x.shape[1:], "score_sde_pytorch"))
     score = jax.tree_util.Partial(parameterization.make("eps").score_model(net.apply, sde),
                                   params)
     key = jax.random.PRNGKey(1)
@@ -199,7 +205,8 @@ def reference_network_worker(spec: dict) -> None:
 
     torch = reference.import_reference(spec["reference_dir"], spec["torch_threads"])
     solve_fn, num_params = reference.make_likelihood(spec["size"], spec["batch"],
-                                                     init_scale=spec["init_scale"], eps=T_MIN)
+                                                     init_scale=spec["init_scale"], eps=T_MIN,
+                                                     weights=spec["weights"])
     data = torch.from_numpy(np.ascontiguousarray(network_data(spec["batch"]).transpose(0, 3, 1, 2)))
 
     def solve(tol, norm, timed=True):
@@ -219,7 +226,9 @@ def network_main(args) -> None:
     import _workers
 
     print(f"uptime before: {_workers.uptime()}", flush=True)
-    common = dict(size=args.network, batch=args.batch, init_scale=args.init_scale)
+    weights = os.path.join(tempfile.mkdtemp(prefix="sde_lab_likelihood_"), "weights.npz")
+    common = dict(size=args.network, batch=args.batch, init_scale=args.init_scale,
+                  weights=weights)
     argv = lambda spec: [sys.executable, "-u", os.path.abspath(__file__), "--worker",  # noqa: E731
                          json.dumps(spec)]
     workers = {"sde_lab": _workers.Worker("sde_lab", argv(dict(

@@ -125,11 +125,14 @@ def make_train_step(size: str, batch: int):
     return step, sum(p.numel() for p in model.parameters())
 
 
-def make_likelihood(size: str, batch: int, init_scale: float | None = None, eps: float = 1e-5):
+def make_likelihood(size: str, batch: int, init_scale: float | None = None, eps: float = 1e-5,
+                    weights: str | None = None):
     """(solve(data, rtol, atol) -> (bpd [B] numpy, nfe), num_params): the reference's
     likelihood.get_likelihood_fn (SciPy RK45 on the host, Rademacher probes) on a randomly
-    initialised network in eval mode. torch's RNG is reseeded before each solve, so every
-    call uses the same probes (differences between calls are solver error only)."""
+    initialised network in eval mode, or on `weights` (an .npz of state-dict names, e.g.
+    sde_lab parameters through `sde_lab.convert.to_reference`). torch's RNG is reseeded
+    before each solve, so every call uses the same probes (differences between calls are
+    solver error only)."""
     import likelihood
     import torch
 
@@ -138,6 +141,15 @@ def make_likelihood(size: str, batch: int, init_scale: float | None = None, eps:
         config.model.init_scale = init_scale
     torch.manual_seed(0)
     model = make_model(config)
+    if weights:
+        import numpy as np
+
+        arrays = {"module." + k: torch.from_numpy(v) for k, v in np.load(weights).items()}
+        missing, unexpected = model.load_state_dict(arrays, strict=False)
+        names = {n for n, _ in model.named_parameters()}
+        if unexpected or names & set(missing):
+            raise ValueError(f"weights do not fit the reference model: missing parameters "
+                             f"{sorted(names & set(missing))[:5]}, unexpected {unexpected[:5]}")
     model.eval()
     inverse_scaler = (lambda x: (x + 1.0) / 2.0) if config.data.centered else (lambda x: x)
     sde = make_sde(config)
