@@ -96,7 +96,7 @@ def is_main_process() -> bool:
 
 # XLA:CPU hands convolutions, dots and elementwise/reduction fusions to YNNPACK (jaxlib
 # 0.10's default). Its convolutions are the U-Nets' bottleneck on CPU: the kernel gradient
-# of DDPM++'s 3x3 convs runs at 66-103 GFLOP/s against 150-170 for XLA's own (Eigen)
+# of DDPM++'s 3x3 convs runs at 66-103 GFLOP/s against 137-153 for XLA's own (Eigen)
 # convolution on a 2-core AVX2 CPU, and the DDPM++ train step takes 5.3 s with YNNPACK's
 # convolutions, 4.3 s with XLA's (README "Training speed on CPU"). Turning all of YNNPACK
 # off is slower (6.5 s: its reductions and dots are the fast ones), so only the

@@ -195,8 +195,13 @@ def main(config, workdir: str, mode: str = "train", dry_run: bool = False,
         try:
             parallel.enable_compilation_cache(p.compilation_cache)
         except OSError as e:
-            raise ConfigError(f"parallel.compilation_cache={p.compilation_cache!r}: cannot "
-                              f"create the directory ({e.strerror})") from None
+            if str(config.parallel.compilation_cache).strip().lower() != "auto":
+                raise ConfigError(f"parallel.compilation_cache={p.compilation_cache!r}: "
+                                  f"cannot create the directory ({e.strerror})") from None
+            # The default directory is a convenience: without it the run only compiles.
+            parallel.enable_compilation_cache("none")
+            print(f"note: no compilation cache ({p.compilation_cache}: {e.strerror}); "
+                  "set --config.parallel.compilation_cache=DIR to keep one", flush=True)
     parallel.initialize(p.coordinator_address, p.num_processes, p.process_id)
     if dry_run:
         exp = experiment.build(config)

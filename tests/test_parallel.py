@@ -360,3 +360,35 @@ def test_compilation_cache_config_values(monkeypatch, tmp_path):
     for value, expected in [("none", "none"), ("", None), ("rel/dir", os.path.abspath("rel/dir"))]:
         config.parallel.compilation_cache = value
         assert spec() == expected
+
+
+def test_default_cache_directory_that_cannot_be_made_is_not_an_error(monkeypatch, tmp_path,
+                                                                     capsys):
+    """The default ("auto") cache directory is a convenience: if it cannot be created the
+    run goes on without a cache (one note line); a directory the user named is an error."""
+    from configs import digits
+    from sde_lab import experiment, run
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    monkeypatch.setenv(parallel.CACHE_DIR_ENV, str(blocker / "cache"))
+
+    class Stop(Exception):
+        pass
+
+    def stop(*args, **kwargs):
+        raise Stop
+
+    monkeypatch.setattr(parallel, "initialize", stop)  # the step after the cache
+    before = jax.config.jax_enable_compilation_cache
+    try:
+        config = digits.get_config()
+        with pytest.raises(Stop):
+            run.main(config, str(tmp_path / "w"), "train")
+        assert "note: no compilation cache" in capsys.readouterr().out
+        assert not jax.config.jax_enable_compilation_cache
+        config.parallel.compilation_cache = str(blocker / "cache")
+        with pytest.raises(experiment.ConfigError, match="cannot create the directory"):
+            run.main(config, str(tmp_path / "w"), "train")
+    finally:
+        jax.config.update("jax_enable_compilation_cache", before)
