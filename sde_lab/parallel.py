@@ -114,12 +114,16 @@ def _backends_started() -> bool:
         return False
 
 
+def _ynn_values(flags: str) -> list[str]:
+    """The values given to YNN_FLAG in an XLA_FLAGS string, in order."""
+    return [f.partition("=")[2] for f in flags.split() if f.partition("=")[0] == YNN_FLAG]
+
+
 def cpu_convolutions(xla_flags: str | None = None) -> str:
     """Which kernels XLA:CPU runs convolutions with under `xla_flags` (default: the
     XLA_FLAGS environment variable): "ynnpack" (jaxlib's default) or "xla"."""
     flags = os.environ.get("XLA_FLAGS", "") if xla_flags is None else xla_flags
-    values = [f.split("=", 1)[1] if "=" in f else "" for f in flags.split()
-              if f.split("=", 1)[0] == YNN_FLAG]
+    values = _ynn_values(flags)
     if not values:
         return "ynnpack"
     items = [i.strip().lower() for i in values[-1].split(",") if i.strip()]
@@ -149,7 +153,7 @@ def set_cpu_convolutions(kind: str) -> bool:
         raise ValueError(f"cpu convolutions {kind!r}; choose from {list(CPU_CONVOLUTIONS)}")
     flags = os.environ.get("XLA_FLAGS", "")
     current = cpu_convolutions(flags)
-    if current == kind or any(f.split("=", 1)[0] == YNN_FLAG for f in flags.split()):
+    if current == kind or _ynn_values(flags):
         return current == kind
     if _backends_started():
         return False
