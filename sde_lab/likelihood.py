@@ -183,7 +183,8 @@ def log_likelihood(key: Array, sde: sdes.SDE, score_fn: ScoreFn, x: Array,
     Traceable under `jax.jit`; compiled internally with `eqx.filter_jit`, so
     arrays inside `sde` or `score_fn` (e.g. a `jax.tree_util.Partial(score, params)`) are
     traced arguments, while a plain closure is static: reuse the same callable to avoid
-    recompiling.
+    recompiling. rtol and atol are traced too (changing them does not recompile); t_min,
+    the solver, the norm and max_steps are static.
 
     Args:
       key: PRNG key for the Hutchinson probes (unused by "exact").
@@ -213,8 +214,12 @@ def log_likelihood(key: Array, sde: sdes.SDE, score_fn: ScoreFn, x: Array,
     """
     _check_options(estimator, num_probes, rtol, atol, t_min, sde, solver, noise, max_steps,
                    error_norm)
-    logp, stats = _solve(key, sde, score_fn, x, estimator, num_probes, float(rtol),
-                         float(atol), float(t_min), solver, noise, max_steps, error_norm)
+    # The tolerances go in as arrays, i.e. traced: one compilation serves every tolerance
+    # (a DDPM++-sized solve compiles for minutes); t_min stays a static float.
+    tol_dtype = jnp.result_type(float)
+    logp, stats = _solve(key, sde, score_fn, x, estimator, num_probes,
+                         jnp.asarray(rtol, tol_dtype), jnp.asarray(atol, tol_dtype),
+                         float(t_min), solver, noise, max_steps, error_norm)
     return logp, {**stats, "estimator": estimator}
 
 

@@ -195,6 +195,31 @@ def test_parameters_in_a_partial_are_traced_not_baked_in():
     assert np.all(np.abs(np.asarray(out[0]) - np.asarray(out[1])) > 1e-3)
 
 
+def test_a_new_tolerance_does_not_retrace():
+    """rtol/atol are traced: a tolerance sweep compiles the solve once per norm."""
+    traces = []
+    sde, gm = sdes.make("vp"), _mixture(2)
+    exact_score = gm.score_fn(sde)
+
+    def score(x, t):
+        traces.append(1)  # runs only while tracing
+        return exact_score(x, t)
+
+    x = gm.sample(jax.random.PRNGKey(0), 4)
+    stats = {}
+    for tol in (1e-3, 1e-6):
+        logp, stats[tol] = likelihood.log_likelihood(jax.random.PRNGKey(0), sde, score, x,
+                                                     "exact", rtol=tol, atol=tol)
+        if tol == 1e-3:
+            n_traces = len(traces)
+    assert len(traces) == n_traces > 0
+    # The tolerance reaches the controller: the tighter solve takes more steps and lands
+    # on the float64 marginal.
+    assert int(stats[1e-6]["num_steps"]) > 2 * int(stats[1e-3]["num_steps"])
+    want = _logp64(gm, "vp", x, T_MIN) - _prior_gap64(gm, "vp", stats[1e-6]["z"])
+    np.testing.assert_allclose(logp, want, rtol=0, atol=1e-4)
+
+
 @pytest.mark.parametrize("kwargs, match", [
     ({"estimator": "skilling"},
      r"unknown estimator 'skilling'; available: \['hutchinson', 'exact'\]"),
