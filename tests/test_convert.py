@@ -91,6 +91,14 @@ def _structures(fmt):
         return json.load(f)
 
 
+def _torch_for(fmt):
+    """score_sde_pytorch checkpoints are torch pickles, and torch is optional (`pip install
+    "sde_lab[torch]"`; CI installs it): without it those cases skip, the flax ones run."""
+    if fmt == "score_sde_pytorch":
+        return pytest.importorskip("torch", reason="score_sde_pytorch checkpoints need torch")
+    return None
+
+
 def _relative_error(out, ref):
     return float(np.max(np.abs(np.asarray(out) - ref)) / np.max(np.abs(ref)))
 
@@ -102,6 +110,7 @@ def test_converted_network_reproduces_reference_output(fmt, family, tmp_root):
     """The network that main.py builds for the config, filled from the fixture, gives the
     reference network's output on the stored input to 1e-5 relative (max abs error over
     max abs output)."""
+    _torch_for(fmt)
     net, x_shape = workdir.build_network(_config(family, fmt))
     ref = np.load(os.path.join(DATA, fmt, family, "reference.npz"))
     assert tuple(x_shape) == ref["x"].shape[1:]
@@ -117,8 +126,8 @@ def test_ema_weights_are_converted_not_raw(tmp_path):
     ones come out by default, the raw ones with ema=False; the torch EMA list skips the
     fixed Fourier W (requires_grad=False), which comes from the model state_dict."""
     import flax.serialization
-    import torch
 
+    torch = _torch_for("score_sde_pytorch")
     net = models.make("ncsnpp", size="ref_tiny_ncsnpp")
     shapes = mapping.leaves(mapping.abstract_params(net, (8, 8, 3)))
     rng = np.random.default_rng(0)
@@ -203,8 +212,8 @@ def test_full_size_random_checkpoint_round_trip(fmt, name, tmp_path):
     """A random-weight checkpoint with the reference's full-size structure (and, for
     torch, an EMA that differs from the model) converts to exactly its arrays."""
     import flax.serialization
-    import torch
 
+    torch = _torch_for(fmt)
     model, size, side = STRUCTURES[name]
     if model == "ncsnv2" and fmt == "score_sde_pytorch":
         size = "cifar10_pytorch"
@@ -249,6 +258,7 @@ def _error(fmt, family, tmp_root, **fields):
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_mismatch_names_parameters_and_the_field_that_differs(fmt, tmp_root):
+    _torch_for(fmt)
     assert "model field fir differs" in _error(fmt, "ncsnpp", tmp_root, fir=False)
     message = _error(fmt, "ddpmpp", tmp_root, embedding_type="fourier")
     assert "model field embedding_type differs" in message
@@ -294,6 +304,7 @@ CLI_CASES = [("score_sde", "ncsnpp"), ("score_sde_pytorch", "ddpmpp"),
 def test_cli_converts_and_main_samples(fmt, family, tmp_root, tmp_path):
     """python -m sde_lab.convert writes a workdir whose checkpoint `main.py --mode sample`
     restores and samples with the same config; a second conversion into it is refused."""
+    _torch_for(fmt)
     size = FAMILIES[family][1 if fmt == "score_sde" else 2]
     config = [f"--config={FAMILIES[family][0]}:runlocal", f"--config.model.size={size}",
               "--config.data.image_size=8"]
