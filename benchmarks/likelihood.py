@@ -164,6 +164,7 @@ def sde_lab_network_worker(spec: dict) -> None:
     from sde_lab import convert, models, parallel, parameterization
 
     parallel.set_cpu_convolutions(spec.get("cpu_convolutions", "xla"))  # as the runner
+    parallel.set_cpu_scheduler(spec.get("cpu_scheduler", "memory"))
     parallel.enable_compilation_cache(spec.get("cache_dir") or "none")
     sde = sdes.make("vp")
     net = models.make("ncsnpp", size=spec["size"], init_scale=spec["init_scale"],

@@ -329,6 +329,7 @@ class ParallelSpec:
     process_id: int | None
     compilation_cache: str | None = None   # directory or "none"; None: JAX's default
     cpu_convolutions: str = "xla"
+    cpu_scheduler: str = "memory"
 
 
 class Keys:
@@ -852,8 +853,10 @@ def parallel_spec(config) -> ParallelSpec:
                  f"{path} exists and is not a directory")
     kernels = p.get("cpu_convolutions", "xla")
     _choice("parallel.cpu_convolutions", kernels, parallel.CPU_CONVOLUTIONS)
+    scheduler = p.get("cpu_scheduler", "memory")
+    _choice("parallel.cpu_scheduler", scheduler, list(parallel.CPU_SCHEDULERS))
     return ParallelSpec(p.mode, p.coordinator_address or None, p.num_processes or None,
-                        None if p.process_id < 0 else p.process_id, path, kernels)
+                        None if p.process_id < 0 else p.process_id, path, kernels, scheduler)
 
 
 def build(config: ml_collections.ConfigDict) -> Experiment:

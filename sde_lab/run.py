@@ -191,6 +191,7 @@ def main(config, workdir: str, mode: str = "train", dry_run: bool = False,
     # Before JAX creates its backends, which read XLA_FLAGS once (a process that already
     # has them, e.g. a notebook or a test calling main() twice, keeps its first setting).
     parallel.set_cpu_convolutions(p.cpu_convolutions)
+    parallel.set_cpu_scheduler(p.cpu_scheduler)
     if p.compilation_cache:  # before the first compilation, which fixes JAX's cache
         try:
             parallel.enable_compilation_cache(p.compilation_cache)

@@ -15,7 +15,9 @@ import jax  # noqa: E402
 from sde_lab import parallel  # noqa: E402
 
 # The runner's default CPU convolution kernels (XLA's own, not YNNPACK's), so that tests
-# computing in this process round as main.py does. Before any device is touched.
+# computing in this process round as main.py does, and its memory-optimized scheduler.
+# Before any device is touched.
 parallel.set_cpu_convolutions("xla")
+parallel.set_cpu_scheduler("memory")
 
 jax.config.update("jax_numpy_rank_promotion", "raise")

@@ -193,6 +193,8 @@ def _cases(tmp):
         ("parallel.process_id", -5, "parallel.process_id"),
         ("parallel.cpu_convolutions", "eigen", "parallel.cpu_convolutions='eigen' is not "
          "valid; choose from ['xla', 'ynnpack']"),
+        ("parallel.cpu_scheduler", "fast", "parallel.cpu_scheduler='fast' is not valid; "
+         "choose from ['concurrency', 'default', 'memory']"),
     ]:
         m([f"--config.{field}={value}"], expect)
     # Another sampler's section (digits' default sampler is reverse_diffusion).

@@ -311,6 +311,87 @@ def test_cpu_convolutions_reads_xla_flags(flags, kernels):
     assert parallel.cpu_convolutions(flags) == kernels
 
 
+# -- XLA:CPU instruction scheduler ---------------------------------------------------------
+
+_SCHED_CHILD = """
+import hashlib, sys
+import jax
+import jax.numpy as jnp
+import numpy as np
+from sde_lab import parallel
+
+honoured = parallel.set_cpu_scheduler(sys.argv[1])
+
+def f(x, ws):  # independent chains, each with a large intermediate between two dots
+    return sum(jnp.tanh(x @ w) @ w.T for w in ws)
+
+x = jax.random.normal(jax.random.PRNGKey(0), (256, 64))
+ws = [jax.random.normal(jax.random.PRNGKey(i), (64, 4096)) / 8 for i in range(1, 9)]
+compiled = jax.jit(f).lower(x, ws).compile()
+out = np.asarray(compiled(x, ws))
+late = parallel.set_cpu_scheduler("default" if sys.argv[1] != "default" else "memory")
+print(honoured, parallel.cpu_scheduler(), compiled.memory_analysis().temp_size_in_bytes,
+      hashlib.md5(out.tobytes()).hexdigest(), late)
+"""
+
+
+def _sched_child(kind: str, xla_flags: str = "") -> tuple:
+    env = _subprocess_env(1)
+    env["XLA_FLAGS"] = f"{env['XLA_FLAGS']} {xla_flags}".strip()
+    proc = subprocess.run([sys.executable, "-c", _SCHED_CHILD, kind], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    honoured, scheduler, temp, digest, late = proc.stdout.split()
+    return honoured == "True", scheduler, int(temp), digest, late == "True"
+
+
+def test_set_cpu_scheduler_reaches_xla_and_the_environment_wins():
+    """Eight independent chains with a 4 MiB intermediate each: the memory-optimized
+    schedule keeps fewer of them live than the concurrency-optimized one, with the same
+    result bitwise. An XLA_FLAGS naming the flag wins; after the backend exists a change is
+    refused (False)."""
+    memory, concurrency = _sched_child("memory"), _sched_child("concurrency")
+    assert memory[:2] == (True, "memory") and concurrency[:2] == (True, "concurrency")
+    chain = 256 * 4096 * 4
+    assert memory[2] + 2 * chain <= concurrency[2]
+    assert memory[3] == concurrency[3]
+    assert not memory[4] and not concurrency[4]
+    env = _sched_child("memory", f"{parallel.SCHEDULER_FLAG}=CPU_SCHEDULER_TYPE_CONCURRENCY_OPTIMIZED")
+    assert env[:3] == (False, "concurrency", concurrency[2])
+
+
+@pytest.mark.parametrize("flags,scheduler", [
+    ("", "default"), ("--xla_force_host_platform_device_count=4", "default"),
+    (f"{parallel.SCHEDULER_FLAG}=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED", "memory"),
+    (f"{parallel.SCHEDULER_FLAG}=CPU_SCHEDULER_TYPE_DEFAULT", "default"),
+    (f"{parallel.SCHEDULER_FLAG}=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED "
+     f"{parallel.SCHEDULER_FLAG}=CPU_SCHEDULER_TYPE_CONCURRENCY_OPTIMIZED", "concurrency")])
+def test_cpu_scheduler_reads_xla_flags(flags, scheduler):
+    assert parallel.cpu_scheduler(flags) == scheduler
+
+
+def test_release_host_memory_returns_freed_heap_to_the_os():
+    """glibc keeps freed small blocks resident; malloc_trim hands them back (RSS falls)."""
+    import ctypes
+
+    def rss():
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    libc = ctypes.CDLL("libc.so.6")
+    libc.malloc.restype = ctypes.c_void_p
+    libc.free.argtypes = [ctypes.c_void_p]
+    blocks = [libc.malloc(4096) for _ in range(64 * 1024)]   # 256 MiB in 4 KiB blocks
+    for b in blocks:
+        ctypes.memset(b, 1, 4096)
+    for b in blocks[:-1]:   # the last stays allocated: free() cannot shrink the heap's top
+        libc.free(b)
+    before = rss()
+    assert parallel.release_host_memory()
+    assert rss() < before - 128 * 2**20
+    libc.free(blocks[-1])
+
+
 def test_runner_sets_the_kernels_before_jax_starts(monkeypatch):
     """run.main applies config.parallel.cpu_convolutions before anything else touches JAX,
     and a bad value is one config error."""
@@ -333,6 +414,14 @@ def test_runner_sets_the_kernels_before_jax_starts(monkeypatch):
         with pytest.raises(Stop):
             run.main(config, "/nonexistent", "train")
     assert seen == ["xla", "ynnpack"]
+    monkeypatch.setattr(parallel, "set_cpu_convolutions", lambda kind: True)
+    monkeypatch.setattr(parallel, "set_cpu_scheduler", record)
+    for value in ("memory", "default"):
+        config = digits.get_config()
+        config.parallel.cpu_scheduler = value
+        with pytest.raises(Stop):
+            run.main(config, "/nonexistent", "train")
+    assert seen == ["xla", "ynnpack", "memory", "default"]
     config.parallel.cpu_convolutions = "eigen"
     with pytest.raises(experiment.ConfigError, match="parallel.cpu_convolutions"):
         run.main(config, "/nonexistent", "train")
