@@ -160,12 +160,14 @@ def sde_lab_worker(spec: dict) -> None:
     # The runner's start-up: XLA:CPU's convolution kernels (a --variant naming the YNNPACK
     # flag wins), then the compilation cache.
     parallel.set_cpu_convolutions(spec.get("cpu_convolutions", "xla"))
+    parallel.set_cpu_scheduler(spec.get("cpu_scheduler", "memory"))
     parallel.enable_compilation_cache(spec.get("cache_dir") or "none")
     start = time.perf_counter()
     step_fn, state, data, keys = build_sde_lab_step(spec["size"], spec["batch"], spec["dtype"],
                                                     spec["remat"],
                                                     spec.get("conv_backward", "auto"))
     jax.block_until_ready(state)
+    parallel.release_host_memory()  # as sde_lab.train does after the state is built
     build_s, rss_after_init = time.perf_counter() - start, _workers.peak_rss_bytes()
 
     start = time.perf_counter()
@@ -174,6 +176,8 @@ def sde_lab_worker(spec: dict) -> None:
     start = time.perf_counter()
     compiled = lowered.compile()
     compile_s = time.perf_counter() - start
+    del lowered
+    parallel.release_host_memory()  # as sde_lab.train does between compiling and stepping
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     mem = compiled.memory_analysis()
@@ -252,9 +256,10 @@ def _configs(args) -> list[list[dict]]:
         for remat in args.remat.split(","):
             group = [dict(kind="sde_lab", size=size, batch=args.batch, dtype=dtype,
                           remat=remat == "on", variant=variant, cache_dir=args.cache_dir,
-                          conv_backward=cb, cpu_convolutions=kernels)
+                          conv_backward=cb, cpu_convolutions=kernels, cpu_scheduler=sched)
                      for dtype in args.dtypes.split(",") for variant in args.variant
                      for kernels in args.cpu_convolutions.split(",")
+                     for sched in args.cpu_scheduler.split(",")
                      for cb in args.conv_backward.split(",")]
             if args.reference_dir and remat == "off":
                 group.append(dict(kind="reference", size=size, batch=args.batch,
@@ -274,6 +279,8 @@ def _label(spec: dict) -> str:
     cb = f" conv_backward={cb}" if cb != "auto" else ""
     if spec.get("cpu_convolutions", "xla") != "xla":
         cb += f" cpu_convolutions={spec['cpu_convolutions']}"
+    if spec.get("cpu_scheduler", "memory") != "memory":
+        cb += f" cpu_scheduler={spec['cpu_scheduler']}"
     return f"{spec['size']} {spec['dtype']} remat={'on' if spec['remat'] else 'off'}{cb}{flags}"
 
 
@@ -417,6 +424,9 @@ def main():
     parser.add_argument("--cpu-convolutions", default="xla",
                         help="config.parallel.cpu_convolutions values to time, comma-separated "
                              "(xla: the runner's default, ynnpack: jaxlib's)")
+    parser.add_argument("--cpu-scheduler", default="memory",
+                        help="config.parallel.cpu_scheduler values to time, comma-separated "
+                             "(memory: the runner's default, default: XLA's policy)")
     parser.add_argument("--conv-backward", default="auto",
                         help="model.conv_backward values to time, comma-separated "
                              "(auto, xla, gemm)")
