@@ -20,9 +20,10 @@ worker process builds the state, compiles the step and reports:
   GFLOP/s achieved, and as a fraction of the dense matmul rate measured in the same
   worker (float32 and bfloat16 peaks: 2048^3 products on CPU, 8192^3 on GPU, ~1 s each);
 * memory: XLA's buffer assignment for the step (arguments + outputs + temporaries -
-  aliased), the process's peak RSS (it built and compiled only this step, so the peak
-  includes XLA's compile-time memory; `--cache-dir` of a warm cache removes that part),
-  its RSS after the timed steps, and on GPU the device's peak_bytes_in_use.
+  aliased), the process's peak RSS after the warm-up steps (by then it has built the
+  state, compiled this step and run it, nothing else: the peak includes XLA's compile-time
+  memory; `--cache-dir` of a warm cache removes that part), its RSS after the timed steps
+  (and the matmul-peak measurements), and on GPU the device's peak_bytes_in_use.
 
 With `--reference-dir PATH` (a clone of github.com/yang-song/score_sde_pytorch; torch and
 ml_collections installed) a reference worker runs score_sde's own training step
@@ -177,7 +178,6 @@ def sde_lab_worker(spec: dict) -> None:
     compiled = lowered.compile()
     compile_s = time.perf_counter() - start
     del lowered
-    parallel.release_host_memory()  # as sde_lab.train does between compiling and stepping
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     mem = compiled.memory_analysis()
@@ -185,6 +185,9 @@ def sde_lab_worker(spec: dict) -> None:
     if mem is not None:
         xla_bytes = (mem.argument_size_in_bytes + mem.output_size_in_bytes
                      + mem.temp_size_in_bytes - mem.alias_size_in_bytes)
+    # As sde_lab.train does between compiling and stepping (after the analyses above,
+    # which the trainer does not run).
+    parallel.release_host_memory()
 
     box = {"state": state, "i": 0}
 
@@ -202,12 +205,16 @@ def sde_lab_worker(spec: dict) -> None:
         return times
 
     first = run_steps(WARMUP_STEPS)
+    # The step's peak: this process has built the state, compiled the step and run it, and
+    # nothing else yet (the matmul peaks below compile and allocate their own).
+    rss_step_peak = _workers.peak_rss_bytes()
     device_peak = _device_peak_bytes(jax)  # before the matmul peaks allocate their operands
     peaks = {d: _matmul_peak(jax, jnp, d) for d in ("float32", "bfloat16")}
     _workers.serve(
         dict(build_s=build_s, trace_s=trace_s, compile_s=compile_s, warmup_s=first,
              flops=float(cost.get("flops", 0.0)), xla_bytes=xla_bytes,
              rss_after_init=rss_after_init, rss_peak_after_compile=_workers.peak_rss_bytes(),
+             rss_step_peak=rss_step_peak,
              device_peak=device_peak,
              matmul_precision=str(jax.config.jax_default_matmul_precision),
              peak_fp32=peaks["float32"], peak_bf16=peaks["bfloat16"],
@@ -378,7 +385,8 @@ def print_table(all_rows: list[dict], batch: int) -> None:
               f"{'-' if not rate else f'{rate / 1e9:.0f}'} | "
               f"{pct(max(info.get('peak_fp32', 0), final.get('peak_fp32', 0)))} | "
               f"{pct(info.get('peak_bf16'))} | {_fmt_bytes(info.get('xla_bytes'))} | "
-              f"{_fmt_bytes(final.get('rss_peak'))} | {_fmt_bytes(final.get('rss_now'))} | "
+              f"{_fmt_bytes(info.get('rss_step_peak', final.get('rss_peak')))} | "
+              f"{_fmt_bytes(final.get('rss_now'))} | "
               f"{_fmt_bytes(info.get('device_peak'))} | {ratio('vs_reference')} | "
               f"{ratio('vs_fp32')} |")
     peaks = [(r["info"].get("peak_fp32"), r["info"].get("peak_bf16")) for r in all_rows
