@@ -274,13 +274,19 @@ print(honoured, parallel.cpu_convolutions(), hashlib.md5(dw.tobytes()).hexdigest
 """
 
 
-def _conv_child(kind: str, xla_flags: str = "") -> tuple:
+def _flags_child(code: str, kind: str, xla_flags: str) -> list[str]:
+    """Runs `code` with argument `kind` in a fresh one-device process whose XLA_FLAGS get
+    `xla_flags` appended; returns its printed words."""
     env = _subprocess_env(1)
     env["XLA_FLAGS"] = f"{env['XLA_FLAGS']} {xla_flags}".strip()
-    proc = subprocess.run([sys.executable, "-c", _CONV_CHILD, kind], env=env,
+    proc = subprocess.run([sys.executable, "-c", code, kind], env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    honoured, kernels, digest, err, late = proc.stdout.split()
+    return proc.stdout.split()
+
+
+def _conv_child(kind: str, xla_flags: str = "") -> tuple:
+    honoured, kernels, digest, err, late = _flags_child(_CONV_CHILD, kind, xla_flags)
     assert float(err) < 1e-5  # both kernels compute the gradient; float32 rounding only
     return honoured == "True", kernels, digest, late == "True"
 
@@ -336,12 +342,7 @@ print(honoured, parallel.cpu_scheduler(), compiled.memory_analysis().temp_size_i
 
 
 def _sched_child(kind: str, xla_flags: str = "") -> tuple:
-    env = _subprocess_env(1)
-    env["XLA_FLAGS"] = f"{env['XLA_FLAGS']} {xla_flags}".strip()
-    proc = subprocess.run([sys.executable, "-c", _SCHED_CHILD, kind], env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    honoured, scheduler, temp, digest, late = proc.stdout.split()
+    honoured, scheduler, temp, digest, late = _flags_child(_SCHED_CHILD, kind, xla_flags)
     return honoured == "True", scheduler, int(temp), digest, late == "True"
 
 
@@ -407,20 +408,15 @@ def test_runner_sets_the_kernels_before_jax_starts(monkeypatch):
         seen.append(kind)
         raise Stop
 
-    monkeypatch.setattr(parallel, "set_cpu_convolutions", record)
-    for value in ("xla", "ynnpack"):
-        config = digits.get_config()
-        config.parallel.cpu_convolutions = value
-        with pytest.raises(Stop):
-            run.main(config, "/nonexistent", "train")
-    assert seen == ["xla", "ynnpack"]
-    monkeypatch.setattr(parallel, "set_cpu_convolutions", lambda kind: True)
-    monkeypatch.setattr(parallel, "set_cpu_scheduler", record)
-    for value in ("memory", "default"):
-        config = digits.get_config()
-        config.parallel.cpu_scheduler = value
-        with pytest.raises(Stop):
-            run.main(config, "/nonexistent", "train")
+    for field, values in (("cpu_convolutions", ("xla", "ynnpack")),
+                          ("cpu_scheduler", ("memory", "default"))):
+        monkeypatch.setattr(parallel, "set_cpu_convolutions", lambda kind: True)
+        monkeypatch.setattr(parallel, f"set_{field}", record)
+        for value in values:
+            config = digits.get_config()
+            config.parallel[field] = value
+            with pytest.raises(Stop):
+                run.main(config, "/nonexistent", "train")
     assert seen == ["xla", "ynnpack", "memory", "default"]
     config.parallel.cpu_convolutions = "eigen"
     with pytest.raises(experiment.ConfigError, match="parallel.cpu_convolutions"):
