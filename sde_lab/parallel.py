@@ -165,9 +165,10 @@ def set_cpu_convolutions(kind: str) -> bool:
 # a program's temporary allocation. jaxlib 0.10's default policy takes the
 # concurrency-optimized schedule (independent ops side by side for its thunk executor)
 # whenever its extra memory seems affordable: for DDPM++'s batch-8 train step that is 1.24
-# GiB of temporaries where the memory-optimized schedule needs 0.84, at the same step time
-# on 2 cores (README "Training speed on CPU"). The scheduler orders whole ops and does not
-# change their arithmetic: results are bitwise the same.
+# GiB of temporaries where the memory-optimized schedule needs 0.84, and on 2 cores the
+# memory-optimized steps of DDPM++ and NCSN++ take 0.97x and 0.95x the time (README
+# "Training speed on CPU"). The scheduler orders whole ops and does not change their
+# arithmetic: results are bitwise the same.
 SCHEDULER_FLAG = "--xla_cpu_scheduler_type"
 CPU_SCHEDULERS = {"memory": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED",
                   "concurrency": "CPU_SCHEDULER_TYPE_CONCURRENCY_OPTIMIZED",
@@ -214,7 +215,8 @@ def release_host_memory() -> bool:
     """Hands memory that the host allocator holds but nothing uses back to the OS (glibc's
     malloc_trim): what XLA's compiler and a network's initialisation freed. Without it the
     process keeps that memory resident beside the train step's buffers (about 0.6 GiB after
-    compiling DDPM++'s step). Returns False where there is no glibc."""
+    compiling DDPM++'s step). Returns whether glibc released anything (False also where
+    there is no glibc)."""
     try:
         import ctypes
         return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
