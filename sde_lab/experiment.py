@@ -330,6 +330,7 @@ class ParallelSpec:
     compilation_cache: str | None = None   # directory or "none"; None: JAX's default
     cpu_convolutions: str = "xla"
     cpu_scheduler: str = "memory"
+    cache_is_default: bool = False  # compilation_cache came from "auto"
 
 
 class Keys:
@@ -842,7 +843,8 @@ def parallel_spec(config) -> ParallelSpec:
     _require(isinstance(cache, str), "parallel.compilation_cache", cache,
              "must be a directory path, 'auto' (the default directory), 'none' (no cache) "
              "or '' (JAX's own setting)")
-    if cache.strip().lower() == "auto":
+    cache_is_default = cache.strip().lower() == "auto"
+    if cache_is_default:
         cache = parallel.default_cache_dir()
     if cache.strip().lower() == "none":
         path = "none"
@@ -856,7 +858,8 @@ def parallel_spec(config) -> ParallelSpec:
     scheduler = p.get("cpu_scheduler", "memory")
     _choice("parallel.cpu_scheduler", scheduler, list(parallel.CPU_SCHEDULERS))
     return ParallelSpec(p.mode, p.coordinator_address or None, p.num_processes or None,
-                        None if p.process_id < 0 else p.process_id, path, kernels, scheduler)
+                        None if p.process_id < 0 else p.process_id, path, kernels, scheduler,
+                        cache_is_default)
 
 
 def build(config: ml_collections.ConfigDict) -> Experiment:

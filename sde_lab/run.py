@@ -196,7 +196,7 @@ def main(config, workdir: str, mode: str = "train", dry_run: bool = False,
         try:
             parallel.enable_compilation_cache(p.compilation_cache)
         except OSError as e:
-            if str(config.parallel.compilation_cache).strip().lower() != "auto":
+            if not p.cache_is_default:
                 raise ConfigError(f"parallel.compilation_cache={p.compilation_cache!r}: "
                                   f"cannot create the directory ({e.strerror})") from None
             # The default directory is a convenience: without it the run only compiles.
