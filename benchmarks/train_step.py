@@ -18,7 +18,8 @@ worker process builds the state, compiles the step and reports:
   images/s = batch / step s;
 * GFLOP: XLA's cost analysis of the compiled step (forward, backward, optimizer, EMA);
   GFLOP/s achieved, and as a fraction of the dense matmul rate measured in the same
-  worker (float32 and bfloat16 peaks: 2048^3 products on CPU, 8192^3 on GPU, ~1 s each);
+  worker (float32 and bfloat16 peaks, the latter accumulating in float32: 2048^3 products
+  on CPU, 8192^3 on GPU, ~1 s each);
 * memory: XLA's buffer assignment for the step (arguments + outputs + temporaries -
   aliased), the process's peak RSS after the warm-up steps (by then it has built the
   state, compiled this step and run it, nothing else: the peak includes XLA's compile-time
@@ -80,12 +81,17 @@ GIB = 2.0**30
 # ------------------------------------------------------------------ sde_lab worker
 
 def _matmul_peak(jax, jnp, dtype: str) -> float:
-    """Dense matmul FLOP/s in `dtype`: median of 3 timings of a ~1 s block of products."""
+    """Dense matmul FLOP/s in `dtype`: median of 3 timings of a ~1 s block of products.
+
+    bfloat16 operands accumulate into a float32 result (`preferred_element_type`), the
+    mixed-precision product: it is what bf16 hardware runs (XLA:CPU hands it to YNNPACK's
+    AMX / AVX-512 BF16 kernels), where a bfloat16 -> bfloat16 product is upcast to float32
+    on CPU and would report the float32 rate."""
     gpu = jax.devices()[0].platform != "cpu"
     n = 8192 if gpu else 2048
     a = jax.random.normal(jax.random.PRNGKey(0), (n, n), dtype)
     b = jax.random.normal(jax.random.PRNGKey(1), (n, n), dtype)
-    mm = jax.jit(jnp.matmul)
+    mm = jax.jit(lambda a, b: jnp.matmul(a, b, preferred_element_type=jnp.float32))
     mm(a, b).block_until_ready()
     start = time.perf_counter()
     mm(a, b).block_until_ready()
@@ -412,8 +418,10 @@ def _cpu_summary() -> str:
                       if line.startswith("flags")), []))
     wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
     have = [f for f in wanted if f in flags]
-    note = "" if {"avx512_bf16", "amx_bf16"} & flags else (
-        " (no bf16 arithmetic: XLA converts bfloat16 to float32, expect bf16 slower)")
+    note = (" (bf16 products with float32 accumulation run on these units; XLA:CPU upcasts "
+            "bfloat16 convolutions to float32: benchmarks/cpu_bf16.py)"
+            if {"avx512_bf16", "amx_bf16"} & flags else
+            " (no bf16 arithmetic: XLA converts bfloat16 to float32, expect bf16 slower)")
     return f"{name}; {' '.join(have) or 'none of ' + ' '.join(wanted)}{note}"
 
 
