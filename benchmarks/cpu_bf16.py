@@ -25,10 +25,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import subprocess
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -38,19 +36,11 @@ parallel.set_cpu_convolutions("xla")   # before JAX starts, as the runner does
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+from networks import _median_seconds  # noqa: E402  (this script's folder is on sys.path)
 
 SHAPES = ((32, 128), (16, 256), (8, 256))   # (H = W, C) of DDPM++ cont.'s 3x3 convs
 BATCH = 8
 _NHWC = ("NHWC", "HWIO", "NHWC")
-
-
-def _time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def _jax_call(f, *args):
@@ -160,8 +150,8 @@ def main():
     for _ in range(args.rounds):
         for g, rows in groups:
             for r, (fn, _) in rows.items():
-                fn()   # one untimed call: caches warm after the previous row
-                times[(g, r)].append(_time(fn, args.repeats))
+                # one untimed call first: caches warm after the previous row
+                times[(g, r)].append(_median_seconds(fn, args.repeats))
     print(f"\njax {jax.__version__}, {os.cpu_count()} CPUs, XLA_FLAGS="
           f"{os.environ.get('XLA_FLAGS', '')!r}; median of {args.repeats} calls, best of "
           f"{args.rounds} interleaved rounds\n")
