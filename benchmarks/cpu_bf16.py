@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -36,7 +35,8 @@ parallel.set_cpu_convolutions("xla")   # before JAX starts, as the runner does
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-from networks import _median_seconds  # noqa: E402  (this script's folder is on sys.path)
+import _workers  # noqa: E402  (this script's folder is on sys.path)
+from networks import _median_seconds  # noqa: E402
 
 SHAPES = ((32, 128), (16, 256), (8, 256))   # (H = W, C) of DDPM++ cont.'s 3x3 convs
 BATCH = 8
@@ -140,8 +140,7 @@ def main():
     parser.add_argument("--threads", type=int, default=os.cpu_count(),
                         help="PyTorch threads (XLA uses every CPU)")
     args = parser.parse_args()
-    uptime = lambda: subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-    print("uptime before:", uptime())
+    print("uptime before:", _workers.uptime())
     groups = [("matmul 2048^3", {**jax_matmul_rows(), **torch_rows(None, None, args.threads)})]
     for h, c in SHAPES:
         groups.append((f"3x3 conv {BATCH}x{h}x{h}x{c}",
@@ -168,7 +167,7 @@ def main():
             rate = f"{flops / best / 1e9:.0f}" if flops else "-"
             print(f"| {g} | {r} | {best * 1e3:.2f} | {rate} | "
                   f"{best / min(times[(g, base)]):.2f}x |")
-    print("\nuptime after:", uptime())
+    print("\nuptime after:", _workers.uptime())
 
 
 if __name__ == "__main__":
