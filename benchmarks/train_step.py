@@ -359,9 +359,15 @@ def _summarise(rows: list[dict], batch: int) -> None:
         times = [t for block in row["rounds"] for t in block]
         row["step_s"] = statistics.median(times) if times else float("nan")
         row["round_medians"] = [statistics.median(b) for b in row["rounds"]]
+    # XLA's cost analysis does not see oneDNN's convolutions (FFI calls): rows with
+    # conv_backward=onednn, like the reference, which computes the same network
+    # arithmetic, are rated by the count of a row whose convolutions XLA ran.
+    counted = next((r["info"]["flops"] for r in rows if r["spec"]["kind"] == "sde_lab"
+                    and r["spec"].get("conv_backward", "auto") != "onednn"
+                    and r["info"].get("flops")), None)
     for row in rows:
-        # The reference computes the same network arithmetic: rate it by sde_lab's count.
-        row["flops"] = row["info"].get("flops") or (fp32 or {}).get("info", {}).get("flops")
+        own = row["spec"].get("conv_backward", "auto") != "onednn"
+        row["flops"] = (row["info"].get("flops") if own else None) or counted
         for name, base in (("vs_reference", ref), ("vs_fp32", fp32)):
             if base is not None and base is not row and base["round_medians"]:
                 ratios = [a / b for a, b in zip(row["round_medians"], base["round_medians"])]
@@ -401,9 +407,9 @@ def print_table(all_rows: list[dict], batch: int) -> None:
         print(f"\nmatmul peaks measured in the sde_lab workers: float32 "
               f"{max(p[0] for p in peaks) / 1e9:.0f} GFLOP/s, bfloat16 "
               f"{max(p[1] for p in peaks) / 1e9:.0f} GFLOP/s (best worker)")
-    print("GFLOP = XLA cost analysis of the whole step (also used for the reference's "
-          "GFLOP/s: same network arithmetic). Ratios: per round, adjacent runs; the first "
-          "figure is their median.")
+    print("GFLOP = XLA cost analysis of the whole step (also used for the reference's and "
+          "conv_backward=onednn's GFLOP/s: same network arithmetic, and XLA does not count "
+          "FFI calls). Ratios: per round, adjacent runs; the first figure is their median.")
 
 
 def _cpu_summary() -> str:

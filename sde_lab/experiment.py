@@ -43,7 +43,7 @@ FEATURE_EXTRACTORS = ("digits", "inception", "none")
 BPD_ESTIMATORS = ("hutchinson", "exact")
 GUIDANCE = ("none", "classifier_free", "classifier")
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")   # = models.layers.COMPUTE_DTYPES
-CONV_BACKWARDS = ("auto", "xla", "gemm")              # = models.layers.CONV_BACKWARDS
+CONV_BACKWARDS = ("auto", "xla", "gemm", "onednn")    # = models.layers.CONV_BACKWARDS
 
 
 # ---------------------------------------------------------------- checks
@@ -429,11 +429,14 @@ class Experiment:
     @functools.cached_property
     def eval_net(self):
         """The network for sampling, likelihoods and the other modes: `net` computing in
-        float32 (same parameters). `train.compute_dtype` is the train step's compute dtype only:
+        float32 with XLA's convolutions (same parameters). `train.compute_dtype` is the train step's compute dtype only:
         the adaptive PF-ODE solves (bits/dim at rtol 1e-5) need float32 evaluations."""
-        if getattr(self.net, "dtype", "float32") == "float32":
-            return self.net
-        return self.net.clone(dtype="float32")
+        fields = {}
+        if getattr(self.net, "dtype", "float32") != "float32":
+            fields["dtype"] = "float32"
+        if getattr(self.net, "conv_backward", None) == "onednn":
+            fields["conv_backward"] = "auto"  # oneDNN's convs are reverse-mode only (JVPs)
+        return self.net.clone(**fields) if fields else self.net
 
     def apply_fn(self, labels=None, train: bool = False, dropout_key=None) -> Callable:
         """apply(net_params, x_in, cond) -> float32 output, with labels and dropout bound;
@@ -540,6 +543,10 @@ def _net(config):
     _choice("train.compute_dtype", compute_dtype, COMPUTE_DTYPES)
     _require(isinstance(m.remat, bool), "model.remat", m.remat, "must be True or False")
     _choice("model.conv_backward", m.conv_backward, CONV_BACKWARDS)
+    if m.conv_backward == "onednn":
+        from sde_lab import onednn
+        why = onednn.unavailable()
+        _require(why is None, "model.conv_backward", m.conv_backward, str(why))
     fields = {"dtype": compute_dtype}   # parameters stay float32 (param_dtype's default)
     supported = models.field_names(m.name)
     for option, value, default in (("remat", m.remat, False),

@@ -80,6 +80,13 @@ def _check_devices(exp, mode: str) -> None:
             parallel.check_batch_size(value, mesh, name)
         except ValueError as e:
             raise ConfigError(str(e)) from None
+    if (mode == "train" and getattr(exp.net, "conv_backward", None) == "onednn"
+            and exp.parallel.mode == "jit" and mesh.devices.size > 1):
+        # XLA's partitioner cannot split an FFI call over the batch: it would gather the
+        # whole batch onto every device and compute every convolution N times.
+        raise ConfigError(f"model.conv_backward='onednn' needs parallel.mode='pmap' on "
+                          f"{mesh.devices.size} devices (with 'jit' XLA would run each "
+                          f"oneDNN convolution on the whole batch on every device)")
 
 
 def _check_files(exp, mode: str) -> None:

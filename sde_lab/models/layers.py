@@ -91,7 +91,7 @@ def default_init(scale: float = 1.0):
 # Convolutions whose kernel gradient is a matrix product per kernel tap.
 # ----------------------------------------------------------------------------------------
 
-CONV_BACKWARDS = ("auto", "xla", "gemm")
+CONV_BACKWARDS = ("auto", "xla", "gemm", "onednn")
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
 
@@ -192,8 +192,13 @@ def conv_fn(conv_backward: str):
     `gemm_backward_conv` for "gemm"; "auto" is "gemm" only where XLA:CPU runs convolutions
     with YNNPACK (jaxlib's default, `parallel.cpu_convolutions()`), whose kernel gradients
     are slow, and "xla" elsewhere: XLA's own CPU convolutions and the GPU/TPU libraries
-    compute kernel gradients well. Resolved when the network is traced."""
+    compute kernel gradients well. "onednn": `sde_lab.onednn.conv`, forward and both
+    gradients by oneDNN on the CPU (bfloat16 on AVX-512 BF16/AMX units, which XLA:CPU does
+    not use for convolutions; reverse mode only). Resolved when the network is traced."""
     check_choice("conv_backward", conv_backward, CONV_BACKWARDS)
+    if conv_backward == "onednn":
+        from sde_lab import onednn
+        return onednn.conv
     if conv_backward == "auto":
         from sde_lab import parallel  # the process's XLA:CPU setting
         slow = jax.default_backend() == "cpu" and parallel.cpu_convolutions() == "ynnpack"
