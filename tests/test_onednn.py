@@ -222,3 +222,19 @@ def test_several_devices_train_with_pmap_and_jit_is_refused(tmp_path):
                       "devices (with 'jit' XLA would run each oneDNN convolution on the whole "
                       "batch on every device)"], out.stderr[-2000:]
     assert not os.path.exists(workdir / "checkpoints")
+
+
+@needs_onednn
+def test_a_call_leaves_the_calling_threads_openmp_setting_alone():
+    """The per-call thread count is restored on return: XLA may run a handler on the
+    caller's own thread, whose other OpenMP users (PyTorch, say) keep their setting."""
+    import ctypes
+
+    gomp = ctypes.CDLL("libgomp.so.1")   # the OpenMP runtime oneDNN's build links
+    before = gomp.omp_get_max_threads()
+    x, w = jnp.ones((1, 4, 4, 2), jnp.bfloat16), jnp.ones((3, 3, 2, 2), jnp.bfloat16)
+    with mock.patch.dict(os.environ, {"SDE_LAB_ONEDNN_THREADS": str(before + 1)}):
+        f = jax.jit(jax.grad(lambda x: jnp.sum(_onednn_conv(x, w, "SAME").astype(jnp.float32))))
+        for _ in range(3):
+            jax.block_until_ready(f(x))
+    assert gomp.omp_get_max_threads() == before

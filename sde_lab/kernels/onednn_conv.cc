@@ -106,9 +106,14 @@ struct Buffer {  // aligned scratch memory
 // x: [N, H, W, C] (src), w: [KH, KW, C, O] (weights), y: [N, HO, WO, O] (dst).
 ffi::Error Run(char op, ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer> out,
                int64_t pt, int64_t pb, int64_t pl, int64_t pr, int64_t threads) {
-  // OpenMP threads of this call's parallel regions (set per calling thread: XLA calls
-  // handlers from its own pool threads).
-  if (threads > 0) omp_set_num_threads(static_cast<int>(threads));
+  // OpenMP threads of this call's parallel regions. The setting belongs to the calling
+  // thread (XLA's pool, or the caller's own thread), so it is restored on return: other
+  // OpenMP code on that thread (PyTorch, say) keeps its own.
+  struct Threads {
+    int saved = omp_get_max_threads();
+    explicit Threads(int64_t n) { if (n > 0) omp_set_num_threads(static_cast<int>(n)); }
+    ~Threads() { omp_set_num_threads(saved); }
+  } scoped_threads(threads);
   const ffi::AnyBuffer* x; const ffi::AnyBuffer* w = nullptr; const ffi::AnyBuffer* y = nullptr;
   Geometry g;
   g.pad_l = {pt, pl};
