@@ -14,6 +14,8 @@ both gradients):
   (`preferred_element_type`), which XLA:CPU hands to YNNPACK's bf16 kernels; for the
   convolutions, the forward as one such product of the input's 3x3 patches (im2col) with
   the kernel, and the patch copy alone;
+* with oneDNN installed (`pip install "sde_lab[onednn]"`), `sde_lab.onednn.conv`, the
+  convolutions of `model.conv_backward="onednn"`, in float32 and bfloat16;
 * with torch installed, PyTorch float32 and bfloat16 (oneDNN) on the same threads.
 
 GFLOP/s counts 2 * MACs of the forward (x3 for forward + both gradients). Run:
@@ -82,7 +84,30 @@ def jax_rows(h: int, c: int):
             lambda x, w: jax.lax.dot(_patches(x), w.reshape(9 * c, c),
                                      preferred_element_type=jnp.float32), x16, w16), flops),
         "  of which the patch copy": (_jax_call(_patches, x16), 0),
+        **_onednn_rows(x32, w32, flops),
     }
+
+
+def _onednn_rows(x32, w32, flops):
+    """sde_lab.onednn.conv (model.conv_backward="onednn") in float32 and bfloat16, with its
+    default threads per call; none if oneDNN or a compiler is missing."""
+    from sde_lab import onednn
+
+    if onednn.unavailable():
+        print(f"# no oneDNN rows: {onednn.unavailable()}")
+        return {}
+    dn = jax.lax.conv_dimension_numbers(x32.shape, w32.shape, _NHWC)
+
+    def conv(x, w):
+        return onednn.conv(x, w, (1, 1), "SAME", dimension_numbers=dn)
+
+    grads = jax.grad(lambda x, w: jnp.sum(conv(x, w).astype(jnp.float32) ** 2), argnums=(0, 1))
+    rows = {}
+    for dtype in ("float32", "bfloat16"):
+        x, w = x32.astype(dtype), w32.astype(dtype)
+        rows[f"oneDNN {dtype} forward"] = (_jax_call(conv, x, w), flops)
+        rows[f"oneDNN {dtype} forward+backward"] = (_jax_call(grads, x, w), 3 * flops)
+    return rows
 
 
 def jax_matmul_rows(n: int = 2048):
