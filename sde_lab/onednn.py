@@ -163,8 +163,9 @@ def _attrs(padding, dtype) -> dict:
 
 
 def _call(target: str, shape, dtype, a, b, padding):
-    return jax.ffi.ffi_call(TARGETS[target], jax.ShapeDtypeStruct(shape, dtype))(
-        a, b, **_attrs(padding, a.dtype))
+    # Under vmap, one call per mapped element (the handlers take rank-4 operands).
+    return jax.ffi.ffi_call(TARGETS[target], jax.ShapeDtypeStruct(shape, dtype),
+                            vmap_method="sequential")(a, b, **_attrs(padding, a.dtype))
 
 
 def _out_hw(x_shape, w_shape, padding) -> tuple[int, int]:

@@ -84,6 +84,22 @@ def test_bfloat16_is_float32_accumulation_of_bfloat16_operands(kernel, padding):
 
 
 @needs_onednn
+def test_vmap_over_an_extra_axis_equals_lax():
+    """Per-example gradients (vmap of grad) map the calls one element at a time."""
+    k = jax.random.split(KEY, 2)
+    x = jax.random.normal(k[0], (3, 2, 6, 6, 4))
+    w = jax.random.normal(k[1], (3, 3, 4, 5))
+
+    def per_example(conv):
+        loss = lambda w, x: jnp.sum(jnp.sin(conv(x, w, "SAME")))  # noqa: E731
+        return jax.jit(jax.vmap(jax.value_and_grad(loss), in_axes=(None, 0)))(w, x)
+
+    for got, want in zip(per_example(_onednn_conv), per_example(_lax_conv)):
+        np.testing.assert_allclose(got, want, rtol=1e-5,
+                                   atol=1e-5 * float(jnp.max(jnp.abs(want))))
+
+
+@needs_onednn
 def test_stride_one_convolutions_are_ffi_calls_and_others_stay_lax():
     """Reverse mode through a stride-1 conv: three oneDNN calls (forward, input gradient,
     kernel gradient) and no XLA convolution; a strided conv is lax's."""
@@ -211,7 +227,11 @@ def test_several_devices_train_with_pmap_and_jit_is_refused(tmp_path):
         assert out.returncode == 0, out.stderr[-3000:]
         runs[name] = [json.loads(line)["loss"] for line in open(workdir / "metrics.jsonl")]
     assert len(runs["xla_jit"]) == 4
-    np.testing.assert_allclose(runs["onednn_pmap"], runs["xla_jit"], rtol=1e-4)
+    # Step 1 (same parameters and batch) to float32 rounding; later steps within 1e-3:
+    # Adam's first updates are +-lr wherever a gradient is ~0 (the zero-initialised heads),
+    # so the two kernels' rounding there moves parameters by the learning rate.
+    np.testing.assert_allclose(runs["onednn_pmap"][0], runs["xla_jit"][0], rtol=1e-5)
+    np.testing.assert_allclose(runs["onednn_pmap"], runs["xla_jit"], rtol=1e-3)
 
     workdir = tmp_path / "refused"
     out = _main_on_four_devices([*common, "--workdir", str(workdir),
