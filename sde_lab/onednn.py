@@ -199,17 +199,14 @@ def conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None
          dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
     """`lax.conv_general_dilated` with stride-1 NHWC/HWIO convolutions on oneDNN (see the
     module docstring); pass it as `flax.linen.Conv(..., conv_general_dilated=conv)`."""
-    from sde_lab.models import layers  # the padding rules shared with the gemm backward
+    from sde_lab.models import layers  # the conditions shared with the gemm backward
 
-    simple = (tuple(window_strides) == (1, 1) and lhs.ndim == 4 and feature_group_count == 1
-              and all(d == 1 for d in (lhs_dilation or (1, 1)))
-              and all(d == 1 for d in (rhs_dilation or (1, 1)))
-              and not kwargs.get("preferred_element_type")
-              and lhs.dtype == rhs.dtype and lhs.dtype in (jnp.float32, jnp.bfloat16)
-              and dimension_numbers == jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape,
-                                                                      _NHWC))
-    simple = simple and jax.default_backend() == "cpu"  # elsewhere the platform's own
-    explicit = layers._explicit_padding(padding, rhs.shape[:2]) if simple else None
+    explicit = None
+    if (jax.default_backend() == "cpu"  # elsewhere the platform's own convolutions
+            and lhs.dtype == rhs.dtype and lhs.dtype in (jnp.float32, jnp.bfloat16)):
+        explicit = layers.stride1_padding(lhs, rhs, window_strides, padding, lhs_dilation,
+                                          rhs_dilation, dimension_numbers,
+                                          feature_group_count, **kwargs)
     if explicit is None or min(min(p) for p in explicit) < 0:
         return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
                                             rhs_dilation, dimension_numbers,

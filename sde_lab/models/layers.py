@@ -133,6 +133,20 @@ def _conv_by_taps(x: Array, w: Array, padding, precision) -> Array:
     return jax.lax.optimization_barrier(out)
 
 
+def stride1_padding(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                    dimension_numbers=None, feature_group_count=1, **kwargs):
+    """((top, bottom), (left, right)) if `lax.conv_general_dilated` with these arguments is
+    a stride-1, undilated, ungrouped NHWC/HWIO convolution without preferred_element_type
+    (what the custom convolutions here and in `sde_lab.onednn` take over), else None."""
+    simple = (tuple(window_strides) == (1, 1) and lhs.ndim == 4 and feature_group_count == 1
+              and all(d == 1 for d in (lhs_dilation or (1, 1)))
+              and all(d == 1 for d in (rhs_dilation or (1, 1)))
+              and not kwargs.get("preferred_element_type")
+              and dimension_numbers == jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape,
+                                                                      _NHWC))
+    return _explicit_padding(padding, rhs.shape[:2]) if simple else None
+
+
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
 def _gemm_backward_conv(x: Array, w: Array, padding, precision) -> Array:
     return jax.lax.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=_NHWC,
@@ -173,13 +187,8 @@ def gemm_backward_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs
     work. Any other convolution goes to `lax.conv_general_dilated` unchanged. Pass it as
     `flax.linen.Conv(..., conv_general_dilated=gemm_backward_conv)`.
     """
-    simple = (tuple(window_strides) == (1, 1) and lhs.ndim == 4 and feature_group_count == 1
-              and all(d == 1 for d in (lhs_dilation or (1, 1)))
-              and all(d == 1 for d in (rhs_dilation or (1, 1)))
-              and not kwargs.get("preferred_element_type")
-              and dimension_numbers == jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape,
-                                                                      _NHWC))
-    explicit = _explicit_padding(padding, rhs.shape[:2]) if simple else None
+    explicit = stride1_padding(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                               dimension_numbers, feature_group_count, **kwargs)
     if explicit is None:
         return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
                                             rhs_dilation, dimension_numbers,
