@@ -429,8 +429,9 @@ class Experiment:
     @functools.cached_property
     def eval_net(self):
         """The network for sampling, likelihoods and the other modes: `net` computing in
-        float32 with XLA's convolutions (same parameters). `train.compute_dtype` is the train step's compute dtype only:
-        the adaptive PF-ODE solves (bits/dim at rtol 1e-5) need float32 evaluations."""
+        float32 with XLA's convolutions (same parameters). `train.compute_dtype` is the
+        train step's compute dtype only: the adaptive PF-ODE solves (bits/dim at rtol 1e-5)
+        need float32 evaluations, and the likelihood's JVPs XLA's convolutions."""
         fields = {}
         if getattr(self.net, "dtype", "float32") != "float32":
             fields["dtype"] = "float32"

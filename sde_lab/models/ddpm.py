@@ -43,7 +43,7 @@ class DDPM(nn.Module):
       dtype: compute dtype, "float32" or "bfloat16" (see `layers`); the output is float32.
       param_dtype: dtype the parameters are stored in ("float32").
       remat: recompute residual-block activations in the backward pass (`nn.remat`).
-      conv_backward: kernel-gradient method of stride-1 convs, "auto" | "xla" | "gemm"
+      conv_backward: how stride-1 convs compute, "auto" | "xla" | "gemm" | "onednn"
         (see `sde_lab.models.ncsnpp.NCSNpp`).
     """
 

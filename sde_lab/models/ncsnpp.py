@@ -67,7 +67,10 @@ class NCSNpp(nn.Module):
         (`nn.remat`): less activation memory for about a third more compute.
       conv_backward: how stride-1 convolutions compute their kernel gradient: "xla"
         (transposed convolution), "gemm" (a matrix product per kernel tap, faster on
-        XLA:CPU), "auto" ("gemm" on CPU, "xla" elsewhere). Same results either way.
+        XLA:CPU with YNNPACK's convolutions), "auto" ("gemm" where XLA:CPU runs YNNPACK's
+        convolutions, "xla" elsewhere), all with the same results up to rounding; or
+        "onednn": forward and both gradients by oneDNN on the CPU (`sde_lab.onednn`; fast
+        bfloat16 on AMX/AVX-512 BF16, reverse mode only).
     """
 
     nf: int = 128

@@ -133,7 +133,7 @@ class VDM(nn.Module):
         float32, and so does the output.
       param_dtype: dtype the parameters are stored in ("float32").
       remat: recompute residual-block activations in the backward pass (`nn.remat`).
-      conv_backward: kernel-gradient method of the 3x3 convs, "auto" | "xla" | "gemm" (see
+      conv_backward: how the 3x3 convs compute, "auto" | "xla" | "gemm" | "onednn" (see
         `sde_lab.models.ncsnpp.NCSNpp`).
     """
 
