@@ -546,7 +546,7 @@ def _net(config):
     _choice("model.conv_backward", m.conv_backward, CONV_BACKWARDS)
     if m.conv_backward == "onednn":
         from sde_lab import onednn
-        why = onednn.unavailable()
+        why = onednn.unavailable(config.train.compute_dtype)
         _require(why is None, "model.conv_backward", m.conv_backward, str(why))
     fields = {"dtype": compute_dtype}   # parameters stay float32 (param_dtype's default)
     supported = models.field_names(m.name)

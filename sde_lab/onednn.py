@@ -71,14 +71,30 @@ def _compiler() -> str | None:
     return None
 
 
-def unavailable() -> str | None:
-    """None if the oneDNN kernels can be built here, else why not (one line). Does not
-    start JAX's backends (the runner asks before it sets XLA's flags)."""
+def unavailable(dtype=None) -> str | None:
+    """None if the oneDNN kernels can be built here (and, given `dtype`, run convolutions
+    of that dtype on this CPU), else why not, in one line. Builds the kernels if need be;
+    does not start JAX's backends (the runner asks before it sets XLA's flags)."""
     if _find_onednn() is None:
         return f"oneDNN was not found under {', '.join(_roots())}: {INSTALL_HINT}"
     if _compiler() is None:
         return "no C++ compiler to build the oneDNN kernels (set CXX, or install g++)"
+    try:
+        supported = _supported(jnp.dtype(dtype or jnp.float32) == jnp.bfloat16)
+    except RuntimeError as e:
+        return str(e).splitlines()[0]
+    if not supported:
+        return (f"oneDNN has no {jnp.dtype(dtype).name} convolution for this CPU (bfloat16 "
+                "needs AVX-512 or AVX2-VNNI-2): train in float32 with it, or leave "
+                "conv_backward at 'auto'")
     return None
+
+
+@functools.cache
+def _supported(bf16: bool) -> bool:
+    """Whether oneDNN creates the three convolution primitives for the dtype on this CPU
+    (asked of the built library through ctypes, without JAX)."""
+    return bool(ctypes.CDLL(build()).SdeLabConvSupported(int(bf16)))
 
 
 def _jaxlib_version() -> str:
@@ -93,11 +109,10 @@ def _cache_dir() -> str:
 
 def build() -> str:
     """Builds (once per source, oneDNN, jaxlib and compiler) and returns the FFI library."""
-    why = unavailable()
-    if why:
-        raise RuntimeError(why)
-    include, libdir = _find_onednn()
-    cxx = _compiler()
+    found, cxx = _find_onednn(), _compiler()
+    if found is None or cxx is None:
+        raise RuntimeError(unavailable())
+    include, libdir = found
     with open(SOURCE, "rb") as f:
         source = f.read()
     key = hashlib.sha256(b"\0".join([source, include.encode(), libdir.encode(), cxx.encode(),
@@ -207,9 +222,12 @@ def conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None
         explicit = layers.stride1_padding(lhs, rhs, window_strides, padding, lhs_dilation,
                                           rhs_dilation, dimension_numbers,
                                           feature_group_count, **kwargs)
-    if explicit is None or min(min(p) for p in explicit) < 0:
-        return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
-                                            rhs_dilation, dimension_numbers,
-                                            feature_group_count, precision=precision, **kwargs)
-    register()
-    return _conv(lhs, rhs, explicit)
+    if explicit is not None and min(min(p) for p in explicit) >= 0:
+        why = unavailable(lhs.dtype)
+        if why:
+            raise ValueError(f"conv_backward='onednn': {why}")
+        register()
+        return _conv(lhs, rhs, explicit)
+    return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
+                                        rhs_dilation, dimension_numbers, feature_group_count,
+                                        precision=precision, **kwargs)

@@ -24,6 +24,8 @@ KEY = jax.random.PRNGKey(0)
 U_BF16 = 2.0**-8
 needs_onednn = pytest.mark.skipif(onednn.unavailable() is not None,
                                   reason=str(onednn.unavailable()))
+needs_bf16 = pytest.mark.skipif(onednn.unavailable("bfloat16") is not None,
+                                reason=str(onednn.unavailable("bfloat16")))
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
 
@@ -66,7 +68,7 @@ def test_float32_value_and_gradients_equal_lax(kernel, padding, strides):
         np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(r))))
 
 
-@needs_onednn
+@needs_bf16
 @pytest.mark.parametrize("kernel,padding", [(3, "SAME"), (1, "SAME")])
 def test_bfloat16_is_float32_accumulation_of_bfloat16_operands(kernel, padding):
     """bf16 in, bf16 out: against lax in float32 on the same (bf16-rounded) operands the
@@ -120,14 +122,16 @@ def test_stride_one_convolutions_are_ffi_calls_and_others_stay_lax():
 @pytest.mark.parametrize("family", ["ncsnpp", "ddpm", "vdm"])
 def test_networks_train_the_same_with_onednn(family):
     """Whole networks: the float32 loss gradient equals XLA's convolutions' to float32
-    rounding; in bfloat16 both sides round differently, within a few bf16 units."""
+    rounding; in bfloat16 (on CPUs where oneDNN has it) both sides round differently,
+    within a few bf16 units."""
     name, size, shape = {"ncsnpp": ("ncsnpp", "tiny", (2, 8, 8, 3)),
                          "ddpm": ("ddpm", "tiny", (2, 8, 8, 3)),
                          "vdm": ("vdm", "tiny", (2, 8, 8, 3))}[family]
     x = jax.random.normal(jax.random.PRNGKey(1), shape)
     t = jnp.linspace(0.2, 0.9, shape[0])
     grads = {}
-    for dtype in ("float32", "bfloat16"):
+    bf16 = onednn.unavailable("bfloat16") is None
+    for dtype in ("float32", "bfloat16") if bf16 else ("float32",):
         for cb in ("xla", "onednn"):
             net = models.make(name, size=size, conv_backward=cb, dtype=dtype)
             if (dtype, cb) == ("float32", "xla"):
@@ -141,8 +145,9 @@ def test_networks_train_the_same_with_onednn(family):
                 [np.ravel(np.asarray(v, np.float64)) for v in jax.tree.leaves(grad(params))])
     f32, ref = grads[("float32", "onednn")], grads[("float32", "xla")]
     np.testing.assert_allclose(f32, ref, rtol=1e-4, atol=1e-5 * float(np.max(np.abs(ref))))
-    assert _rel_rms(grads[("bfloat16", "onednn")], ref) < 8 * U_BF16
-    assert _rel_rms(grads[("bfloat16", "xla")], ref) < 8 * U_BF16
+    if bf16:
+        assert _rel_rms(grads[("bfloat16", "onednn")], ref) < 8 * U_BF16
+        assert _rel_rms(grads[("bfloat16", "xla")], ref) < 8 * U_BF16
 
 
 @needs_onednn
@@ -252,9 +257,36 @@ def test_a_call_leaves_the_calling_threads_openmp_setting_alone():
 
     gomp = ctypes.CDLL("libgomp.so.1")   # the OpenMP runtime oneDNN's build links
     before = gomp.omp_get_max_threads()
-    x, w = jnp.ones((1, 4, 4, 2), jnp.bfloat16), jnp.ones((3, 3, 2, 2), jnp.bfloat16)
+    x, w = jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 2, 2))
     with mock.patch.dict(os.environ, {"SDE_LAB_ONEDNN_THREADS": str(before + 1)}):
         f = jax.jit(jax.grad(lambda x: jnp.sum(_onednn_conv(x, w, "SAME").astype(jnp.float32))))
         for _ in range(3):
             jax.block_until_ready(f(x))
     assert gomp.omp_get_max_threads() == before
+
+
+@needs_onednn
+def test_a_cpu_without_bfloat16_convolutions_is_a_config_error_for_bfloat16_only():
+    """oneDNN computes bf16 only on AVX-512 / AVX2-VNNI-2 CPUs: elsewhere the runner says so
+    in one line for compute_dtype=bfloat16 and float32 works (oneDNN limited to AVX2 here,
+    in a subprocess: oneDNN reads ONEDNN_MAX_CPU_ISA once)."""
+    code = (
+        "import sys; sys.path.insert(0, %r)\n"
+        "from configs import digits\n"
+        "from sde_lab import experiment\n"
+        "config = digits.get_config('runlocal')\n"
+        "config.model.conv_backward = 'onednn'\n"
+        "experiment.build(config)\n"
+        "config.train.compute_dtype = 'bfloat16'\n"
+        "try:\n"
+        "    experiment.build(config)\n"
+        "except experiment.ConfigError as e:\n"
+        "    print('ConfigError:', e)\n") % ROOT
+    env = dict(os.environ, ONEDNN_MAX_CPU_ISA="AVX2", JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=env, timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == (
+        "ConfigError: model.conv_backward='onednn' is not valid: oneDNN has no bfloat16 "
+        "convolution for this CPU (bfloat16 needs AVX-512 or AVX2-VNNI-2): train in float32 "
+        "with it, or leave conv_backward at 'auto'")

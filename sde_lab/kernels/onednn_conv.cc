@@ -190,6 +190,24 @@ ffi::Error BwdWeights(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Result<ffi::AnyB
 
 }  // namespace
 
+// 1 if this CPU has oneDNN convolutions (all three directions) for the dtype, else 0:
+// oneDNN 3.x computes bf16 only on AVX-512 or AVX2-VNNI-2 machines.
+extern "C" int SdeLabConvSupported(int bf16) {
+  Geometry g;
+  g.n = 1; g.h = g.w = g.ho = g.wo = 8; g.c = g.o = 16; g.kh = g.kw = 3;
+  g.pad_l = {1, 1};
+  g.pad_r = {1, 1};
+  g.src_t = g.wei_t = g.dst_t = bf16 ? memory::data_type::bf16 : memory::data_type::f32;
+  try {
+    Get('f', g);
+    Get('d', g);
+    Get('w', g);
+  } catch (const dnnl::error&) {
+    return 0;
+  }
+  return 1;
+}
+
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SdeLabConvFwd, Fwd, SDE_LAB_BIND);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SdeLabConvBwdData, BwdData, SDE_LAB_BIND);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SdeLabConvBwdWeights, BwdWeights, SDE_LAB_BIND);
