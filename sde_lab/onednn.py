@@ -37,12 +37,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sde_lab.models import conv_args
+
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kernels", "onednn_conv.cc")
 TARGETS = {"fwd": "SdeLabConvFwd", "bwd_data": "SdeLabConvBwdData",
            "bwd_weights": "SdeLabConvBwdWeights"}
 INSTALL_HINT = ('pip install "sde_lab[onednn]" (oneDNN), or point SDE_LAB_ONEDNN_ROOT at a '
                 "oneDNN 3.x install with include/ and lib/")
-_NHWC = ("NHWC", "HWIO", "NHWC")
 _lock = threading.Lock()
 _registered: str | None = None   # path of the loaded library once registered
 
@@ -214,14 +215,12 @@ def conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None
          dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
     """`lax.conv_general_dilated` with stride-1 NHWC/HWIO convolutions on oneDNN (see the
     module docstring); pass it as `flax.linen.Conv(..., conv_general_dilated=conv)`."""
-    from sde_lab.models import layers  # the conditions shared with the gemm backward
-
     explicit = None
     if (jax.default_backend() == "cpu"  # elsewhere the platform's own convolutions
             and lhs.dtype == rhs.dtype and lhs.dtype in (jnp.float32, jnp.bfloat16)):
-        explicit = layers.stride1_padding(lhs, rhs, window_strides, padding, lhs_dilation,
-                                          rhs_dilation, dimension_numbers,
-                                          feature_group_count, **kwargs)
+        explicit = conv_args.stride1_padding(lhs, rhs, window_strides, padding,
+                                             lhs_dilation, rhs_dilation, dimension_numbers,
+                                             feature_group_count, **kwargs)
     if explicit is not None and min(min(p) for p in explicit) >= 0:
         why = unavailable(lhs.dtype)
         if why:

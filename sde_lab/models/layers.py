@@ -35,6 +35,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.custom_derivatives import SymbolicZero
 
+from sde_lab.models import conv_args
+
 Array = jax.Array
 Dtype = Any  # a jnp dtype or its name ("float32", "bfloat16")
 
@@ -92,18 +94,7 @@ def default_init(scale: float = 1.0):
 # ----------------------------------------------------------------------------------------
 
 CONV_BACKWARDS = ("auto", "xla", "gemm", "onednn")
-_NHWC = ("NHWC", "HWIO", "NHWC")
-
-
-def _explicit_padding(padding, kernel_hw: Sequence[int]) -> tuple[tuple[int, int], ...] | None:
-    """Stride-1 padding as ((lo, hi), (lo, hi)); None for a mode this module does not map."""
-    if isinstance(padding, str):
-        if padding == "VALID":
-            return ((0, 0), (0, 0))
-        if padding == "SAME":
-            return tuple(((k - 1) // 2, k - 1 - (k - 1) // 2) for k in kernel_hw)
-        return None
-    return tuple((int(lo), int(hi)) for lo, hi in padding)
+_NHWC = conv_args.NHWC
 
 
 def _conv_by_taps(x: Array, w: Array, padding, precision) -> Array:
@@ -131,20 +122,6 @@ def _conv_by_taps(x: Array, w: Array, padding, precision) -> Array:
     # windows are read; without it XLA fuses the cotangent's elementwise producers (the
     # GroupNorm/swish backward) into every window and computes them kh * kw times.
     return jax.lax.optimization_barrier(out)
-
-
-def stride1_padding(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
-                    dimension_numbers=None, feature_group_count=1, **kwargs):
-    """((top, bottom), (left, right)) if `lax.conv_general_dilated` with these arguments is
-    a stride-1, undilated, ungrouped NHWC/HWIO convolution without preferred_element_type
-    (what the custom convolutions here and in `sde_lab.onednn` take over), else None."""
-    simple = (tuple(window_strides) == (1, 1) and lhs.ndim == 4 and feature_group_count == 1
-              and all(d == 1 for d in (lhs_dilation or (1, 1)))
-              and all(d == 1 for d in (rhs_dilation or (1, 1)))
-              and not kwargs.get("preferred_element_type")
-              and dimension_numbers == jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape,
-                                                                      _NHWC))
-    return _explicit_padding(padding, rhs.shape[:2]) if simple else None
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
@@ -187,8 +164,9 @@ def gemm_backward_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs
     work. Any other convolution goes to `lax.conv_general_dilated` unchanged. Pass it as
     `flax.linen.Conv(..., conv_general_dilated=gemm_backward_conv)`.
     """
-    explicit = stride1_padding(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
-                               dimension_numbers, feature_group_count, **kwargs)
+    explicit = conv_args.stride1_padding(lhs, rhs, window_strides, padding, lhs_dilation,
+                                         rhs_dilation, dimension_numbers, feature_group_count,
+                                         **kwargs)
     if explicit is None:
         return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
                                             rhs_dilation, dimension_numbers,
