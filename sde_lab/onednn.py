@@ -82,7 +82,7 @@ def unavailable(dtype=None) -> str | None:
         return "no C++ compiler to build the oneDNN kernels (set CXX, or install g++)"
     try:
         supported = _supported(jnp.dtype(dtype or jnp.float32) == jnp.bfloat16)
-    except RuntimeError as e:
+    except (RuntimeError, OSError) as e:  # the build failed, or its cache is not writable
         return str(e).splitlines()[0]
     if not supported:
         return (f"oneDNN has no {jnp.dtype(dtype).name} convolution for this CPU (bfloat16 "
