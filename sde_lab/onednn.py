@@ -122,7 +122,11 @@ def build() -> str:
     path = os.path.join(out_dir, "libsde_lab_onednn.so")
     if os.path.exists(path):
         return path
-    os.makedirs(out_dir, exist_ok=True)
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as e:
+        raise RuntimeError(f"cannot create the oneDNN build cache {out_dir} ({e.strerror}): "
+                           "set XDG_CACHE_HOME to a writable directory") from e
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=out_dir)
     os.close(fd)
     cmd = [cxx, "-O2", "-std=c++17", "-shared", "-fPIC", "-fopenmp", "-w", SOURCE, "-o", tmp,
