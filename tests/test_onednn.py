@@ -18,29 +18,19 @@ import numpy as np
 import pytest
 
 from sde_lab import experiment, models, onednn
+from sde_lab.models.conv_args import NHWC
+from test_precision import KEY, U_BF16, _lax_conv, _perturbed, _rel_rms  # shared helpers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-KEY = jax.random.PRNGKey(0)
-U_BF16 = 2.0**-8
 needs_onednn = pytest.mark.skipif(onednn.unavailable() is not None,
                                   reason=str(onednn.unavailable()))
 needs_bf16 = pytest.mark.skipif(onednn.unavailable("bfloat16") is not None,
                                 reason=str(onednn.unavailable("bfloat16")))
-_NHWC = ("NHWC", "HWIO", "NHWC")
-
-
-def _lax_conv(x, w, padding, strides=(1, 1)):
-    return jax.lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=_NHWC)
 
 
 def _onednn_conv(x, w, padding, strides=(1, 1)):
-    dn = jax.lax.conv_dimension_numbers(x.shape, w.shape, _NHWC)
+    dn = jax.lax.conv_dimension_numbers(x.shape, w.shape, NHWC)
     return onednn.conv(x, w, strides, padding, dimension_numbers=dn)
-
-
-def _rel_rms(a, b) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.sqrt(np.mean((a - b) ** 2) / np.mean(b**2)))
 
 
 def _value_and_grads(conv, x, w, padding, strides):
@@ -135,11 +125,7 @@ def test_networks_train_the_same_with_onednn(family):
         for cb in ("xla", "onednn"):
             net = models.make(name, size=size, conv_backward=cb, dtype=dtype)
             if (dtype, cb) == ("float32", "xla"):
-                params = net.init(KEY, x, t)
-                leaves, tree = jax.tree.flatten(params)  # a signal through the zero heads
-                keys = jax.random.split(jax.random.PRNGKey(5), len(leaves))
-                params = tree.unflatten([v + 0.05 * jax.random.normal(k, v.shape, v.dtype)
-                                         for k, v in zip(keys, leaves)])
+                params = _perturbed(net.init(KEY, x, t))  # a signal through the zero heads
             grad = jax.jit(jax.grad(lambda p, net=net: jnp.mean(net.apply(p, x, t) ** 2)))
             grads[(dtype, cb)] = np.concatenate(
                 [np.ravel(np.asarray(v, np.float64)) for v in jax.tree.leaves(grad(params))])
