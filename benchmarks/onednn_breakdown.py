@@ -1,0 +1,130 @@
+"""Where a `conv_backward="onednn"` training step spends its time, primitive by primitive.
+
+Runs the trainer's step of DDPM++ or NCSN++ cont. (the step `benchmarks/train_step.py`
+times) in a child process with `ONEDNN_VERBOSE=1`, which makes oneDNN print every
+primitive it executes with its implementation and its time. After `--warmup` steps, for
+`--steps` steps it sums per primitive kind (forward, input gradient and kernel gradient
+convolutions, reorders of the weights into oneDNN's blocked layouts and back) the time,
+the call count and, for convolutions, the rate in GFLOP/s (2 * MACs of the problem oneDNN
+reports), beside the step's wall time. The rest of the step is XLA's own work (GroupNorm,
+attention products, elementwise fusions, Adam and EMA), which oneDNN does not see. The
+calls' times add up to the step's only where they do not overlap: XLA runs independent
+calls side by side, and bfloat16 calls run on one thread each (`onednn.threads`), so
+there the sum can exceed what the calls added to the wall time. Verbose mode costs a
+little per call; compare rows within one run.
+
+    python benchmarks/onednn_breakdown.py [--size ddpmpp_cont] [--dtypes float32,bfloat16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import re
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+MARK = "SDE_LAB_BREAKDOWN"
+_PROBLEM = re.compile(r"mb(\d+)(?:_g\d+)?_ic(\d+)oc(\d+)_ih\d+oh(\d+)kh(\d+).*?_iw\d+ow(\d+)kw(\d+)")
+
+
+def worker(size: str, dtype: str, warmup: int, steps: int) -> None:
+    sys.path.insert(0, HERE)
+    from sde_lab import parallel
+
+    parallel.set_cpu_convolutions("xla")
+    parallel.set_cpu_scheduler("memory")
+    import jax
+    from train_step import build_sde_lab_step
+
+    step_fn, state, data, keys = build_sde_lab_step(size, 8, dtype, False, "onednn")
+    compiled = step_fn.lower(state, data, keys[0]).compile()
+    for i in range(warmup + steps):
+        if i == warmup:
+            print(f"{MARK} timed", flush=True)
+        start = time.perf_counter()
+        state, metrics = compiled(state, data, keys[i % len(keys)])
+        jax.block_until_ready((state, metrics))
+        if i >= warmup:
+            print(f"{MARK} step {time.perf_counter() - start:.4f}", flush=True)
+
+
+def parse(lines: list[str], steps: int) -> tuple[list[float], list[tuple]]:
+    """(step seconds, rows of (kind, implementation, calls per step, ms per step, GFLOP/s))."""
+    timed = False
+    step_s: list[float] = []
+    ms, calls, flops = collections.Counter(), collections.Counter(), collections.Counter()
+    for line in lines:
+        if line.startswith(f"{MARK} timed"):
+            timed = True
+        elif line.startswith(f"{MARK} step"):
+            step_s.append(float(line.split()[-1]))
+        elif timed and line.startswith("onednn_verbose") and ",exec," in line:
+            fields = line.split(",")
+            if fields[1] == "v1":   # newer oneDNN's format: jaxlib's own copy, XLA's dots
+                fields = fields[:1] + fields[3:]
+            key = (f"{fields[3]} {fields[5]}".replace(" undef", ""),
+                   fields[4] or "jaxlib's oneDNN (XLA's products)")
+            ms[key] += float(fields[-1])
+            calls[key] += 1
+            m = _PROBLEM.search(line)
+            if m:
+                mb, ic, oc, oh, kh, ow, kw = map(int, m.groups())
+                flops[key] += 2.0 * mb * ic * oc * oh * ow * kh * kw
+    rows = [(kind, impl, calls[(kind, impl)] / steps, total / steps,
+             flops[(kind, impl)] / (total * 1e6) if flops[(kind, impl)] else None)
+            for (kind, impl), total in ms.most_common()]
+    return step_s, rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", default="ddpmpp_cont", choices=["ddpmpp_cont", "ncsnpp_cont"])
+    parser.add_argument("--dtypes", default="float32,bfloat16")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(args.size, args.worker[0], args.warmup, args.steps)
+        return
+    sys.path.insert(0, HERE)
+    import _workers
+
+    from sde_lab import onednn
+
+    for dtype in args.dtypes.split(","):
+        why = onednn.unavailable(dtype)
+        if why:
+            print(f"{dtype}: skipped: {why}")
+            continue
+        print(f"uptime: {_workers.uptime()}", flush=True)
+        out = subprocess.run(
+            [sys.executable, os.path.abspath(__file__), "--size", args.size, "--warmup",
+             str(args.warmup), "--steps", str(args.steps), "--worker", dtype, "x"],
+            env=dict(os.environ, ONEDNN_VERBOSE="1"), capture_output=True, text=True)
+        if out.returncode:
+            sys.exit(f"error: the {dtype} worker failed:\n{out.stderr[-3000:]}")
+        step_s, rows = parse(out.stdout.splitlines(), args.steps)
+        total = sum(r[3] for r in rows)
+        wall = 1e3 * sum(step_s) / len(step_s)
+        print(f"\n{args.size} {dtype}, batch 8, conv_backward=onednn: step {wall:.0f} ms "
+              f"(per step: {', '.join(f'{1e3 * s:.0f}' for s in step_s)}); oneDNN's calls "
+              f"{total:.0f} ms in all (they may overlap), wall minus calls {wall - total:.0f} "
+              "ms\n")
+        print("| primitive | implementation | calls per step | ms per step | share of step "
+              "| GFLOP/s |")
+        print("|---|---|---:|---:|---:|---:|")
+        for kind, impl, calls, ms, rate in rows:
+            rate_s = f"{rate:.0f}" if rate else ""
+            print(f"| {kind} | {impl} | {calls:.0f} | {ms:.0f} | {100 * ms / wall:.0f}% | "
+                  f"{rate_s} |")
+        print(f"\nuptime: {_workers.uptime()}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
