@@ -87,17 +87,21 @@ def main() -> None:
     parser.add_argument("--dtypes", default="float32,bfloat16")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=2)
-    parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)  # a dtype
     args = parser.parse_args()
     if args.worker:
-        worker(args.size, args.worker[0], args.warmup, args.steps)
+        worker(args.size, args.worker, args.warmup, args.steps)
         return
+    dtypes = args.dtypes.split(",")
+    bad = sorted(set(dtypes) - {"float32", "bfloat16"})
+    if bad:
+        parser.error(f"--dtypes: {bad} not valid; choose from float32, bfloat16")
     sys.path.insert(0, HERE)
     import _workers
 
     from sde_lab import onednn
 
-    for dtype in args.dtypes.split(","):
+    for dtype in dtypes:
         why = onednn.unavailable(dtype)
         if why:
             print(f"{dtype}: skipped: {why}")
@@ -105,7 +109,7 @@ def main() -> None:
         print(f"uptime: {_workers.uptime()}", flush=True)
         out = subprocess.run(
             [sys.executable, os.path.abspath(__file__), "--size", args.size, "--warmup",
-             str(args.warmup), "--steps", str(args.steps), "--worker", dtype, "x"],
+             str(args.warmup), "--steps", str(args.steps), "--worker", dtype],
             env=dict(os.environ, ONEDNN_VERBOSE="1"), capture_output=True, text=True)
         if out.returncode:
             sys.exit(f"error: the {dtype} worker failed:\n{out.stderr[-3000:]}")
