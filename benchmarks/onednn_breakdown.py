@@ -101,12 +101,12 @@ def main() -> None:
 
     from sde_lab import onednn
 
+    print(f"uptime: {_workers.uptime()}", flush=True)
     for dtype in dtypes:
         why = onednn.unavailable(dtype)
         if why:
             print(f"{dtype}: skipped: {why}")
             continue
-        print(f"uptime: {_workers.uptime()}", flush=True)
         out = subprocess.run(
             [sys.executable, os.path.abspath(__file__), "--size", args.size, "--warmup",
              str(args.warmup), "--steps", str(args.steps), "--worker", dtype],

@@ -80,12 +80,13 @@ def unavailable(dtype=None) -> str | None:
         return f"oneDNN was not found under {', '.join(_roots())}: {INSTALL_HINT}"
     if _compiler() is None:
         return "no C++ compiler to build the oneDNN kernels (set CXX, or install g++)"
+    dtype = jnp.dtype(dtype or jnp.float32)
     try:
-        supported = _supported(jnp.dtype(dtype or jnp.float32) == jnp.bfloat16)
+        supported = _supported(dtype == jnp.bfloat16)
     except (RuntimeError, OSError) as e:  # the build failed, or its cache is not writable
         return str(e).splitlines()[0]
     if not supported:
-        return (f"oneDNN has no {jnp.dtype(dtype).name} convolution for this CPU (bfloat16 "
+        return (f"oneDNN has no {dtype.name} convolution for this CPU (bfloat16 "
                 "needs AVX-512 or AVX2-VNNI-2): train in float32 with it, or leave "
                 "conv_backward at 'auto'")
     return None
