@@ -140,6 +140,20 @@ def test_more_probes_divide_the_variance():
     assert 0.7 * 4 < ratio < 1.4 * 4
 
 
+@pytest.mark.parametrize("num_probes", [1, 3])
+def test_hutchinson_divergence_is_the_probe_quadratic_form(num_probes):
+    """One probe takes a path without vmap, several a vmapped one: both must give
+    mean_p eps_p^T A_b eps_p for a linear map with a different matrix A_b per example."""
+    rng = np.random.default_rng(0)
+    mats = rng.normal(size=(2, 6, 6)).astype(np.float32)          # [B, D, D]
+    probes = rng.choice([-1.0, 1.0], size=(num_probes, 2, 2, 3)).astype(np.float32)
+    jvp_fn = lambda v: jnp.einsum("bij,bj->bi", mats, v.reshape(2, 6)).reshape(v.shape)  # noqa: E731
+    flat = probes.reshape(num_probes, 2, 6).astype(np.float64)
+    want = np.einsum("pbi,bij,pbj->b", flat, mats.astype(np.float64), flat) / num_probes
+    got = likelihood._hutchinson_div(jvp_fn, jnp.asarray(probes))
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("solver", ["tsit5", "dopri5"])
 def test_nfe_counts_every_drift_evaluation(solver):
     calls = []
