@@ -6,7 +6,7 @@ calls: the machine is shared, and the minimum is the least noisy estimate of the
 the error of log p against the analytic value log p_{t_min}(x) - [log p_T(z) - prior_logp(z)]
 (float64), for
 
-* `in-graph`: `likelihood.log_likelihood` (Tsit5 + PID, default max error norm);
+* `in-graph`: `likelihood.log_likelihood` (Dopri5 + PID, default max error norm);
 * `in-graph rms`: the same with `error_norm="rms"`, scipy's norm: the equal-tolerance row;
 * `score_sde`: scipy.integrate.solve_ivp(method="RK45") on the host, as score_sde's
   likelihood.py does it, with one jitted device call per drift evaluation (numpy -> JAX ->
@@ -26,16 +26,19 @@ With `--network ddpmpp_cont` it instead compares, on the published DDPM++ cont. 
 (VP, eps parameterization, randomly initialised with output scale `--init-scale` 1 so the
 drift is as large as a trained eps-model's rather than the zero-initialised head's ~0; the
 reference loads the same weights through `sde_lab.convert.to_reference`),
-the in-graph likelihood (error norms "max" and "rms") with score_sde_pytorch's own
+the in-graph likelihood (each of `--solvers` tsit5/dopri5 with each of `--norms` max/rms)
+with score_sde_pytorch's own
 `likelihood.get_likelihood_fn` (`--reference-dir`, a clone of yang-song/score_sde_pytorch;
-SciPy RK45 on the host, RMS norm) at equal *accuracy*: each method's bits/dim error is
+SciPy RK45 on the host, RMS norm) at equal *accuracy*: each side's bits/dim error is
 measured against its own tight solve (rtol = atol = `--tight`, same Hutchinson probe, so
-the difference is solver error alone), and the in-graph setting that reaches the
+the difference is solver error alone; in-graph, the first solver and norm's solve, and
+`--floor` also solves the others there to show how far apart they are), and per in-graph
+method the setting that reaches the
 reference's rtol = 1e-5 error at least cost is reported with its time ratio. Per row: NFE
 (drift evaluations), steps, network passes per evaluation (in-graph: one forward + one JVP
 through `jax.linearize`; reference: two forwards + one backward, its drift_fn and div_fn),
-time per example. The first in-graph call per error norm compiles (tolerances are traced,
-so one compilation serves them all) and is not timed; methods alternate per tolerance
+time per example. The first in-graph call per solver and norm compiles (tolerances are
+traced, so one compilation serves them all) and is not timed; methods alternate per tolerance
 (A, B, C, A, B, C), with `uptime` before and after. About an hour on 2 CPU cores at batch 4.
 
     python benchmarks/likelihood.py --network ddpmpp_cont --reference-dir ../score_sde_pytorch
@@ -178,10 +181,11 @@ def sde_lab_network_worker(spec: dict) -> None:
                                   params)
     key = jax.random.PRNGKey(1)
 
-    def call(tol, norm):
+    def call(tol, norm, solver):
         start = time.perf_counter()
         logp, stats = likelihood.log_likelihood(key, sde, score, x, "hutchinson", rtol=tol,
-                                                atol=tol, t_min=T_MIN, error_norm=norm)
+                                                atol=tol, t_min=T_MIN, error_norm=norm,
+                                                solver=solver)
         logp, nfe, steps = jax.block_until_ready(
             (logp, stats["nfe"], stats["num_steps"]))
         bpd = likelihood.bits_per_dim(logp, x.shape[1:], 256, scaler=lambda y: 2 * y - 1)
@@ -190,14 +194,14 @@ def sde_lab_network_worker(spec: dict) -> None:
 
     compiled = set()
 
-    def solve(tol, norm, timed=True):
-        # The first call per norm compiles (the tolerances are traced: one compilation per
-        # norm); a timed row is always a call that did not compile.
+    def solve(tol, norm, solver="tsit5", timed=True):
+        # The first call per (solver, norm) compiles (the tolerances are traced: one
+        # compilation for each); a timed row is always a call that did not compile.
         first = None
-        if norm not in compiled:
-            first = call(tol, norm)
-            compiled.add(norm)
-        second = call(tol, norm) if (timed or first is None) else first
+        if (solver, norm) not in compiled:
+            first = call(tol, norm, solver)
+            compiled.add((solver, norm))
+        second = call(tol, norm, solver) if (timed or first is None) else first
         return dict(second, first_call_s=first["seconds"] if first else None,
                     load=os.getloadavg()[0])
 
@@ -218,8 +222,8 @@ def reference_network_worker(spec: dict) -> None:
                                                      weights=spec["weights"])
     data = torch.from_numpy(np.ascontiguousarray(network_data(spec["batch"]).transpose(0, 3, 1, 2)))
 
-    def solve(tol, norm, timed=True):
-        del norm, timed  # SciPy's RK45 always uses the RMS norm; nothing to compile
+    def solve(tol, norm, solver=None, timed=True):
+        del norm, solver, timed  # SciPy's RK45 with the RMS norm; nothing to compile
         start = time.perf_counter()
         bpd, nfe = solve_fn(data, tol, tol)
         return dict(bpd=bpd.tolist(), nfe=int(nfe), steps=None,
@@ -248,17 +252,20 @@ def network_main(args) -> None:
             common, kind="reference", reference_dir=args.reference_dir,
             torch_threads=args.torch_threads)))
         workers["reference"].ready(args.timeout)
-    methods = [("in-graph max", "sde_lab", "max"), ("in-graph rms", "sde_lab", "rms")]
+    # (label, worker, norm, solver); the first in-graph method's solve at --tight is the
+    # in-graph accuracy reference of every in-graph row.
+    methods = [(f"in-graph {solver} {norm}", "sde_lab", norm, solver)
+               for solver in args.solvers for norm in args.norms]
     if args.reference_dir:
-        methods.append(("score_sde RK45 (rms)", "reference", "rms"))
+        methods.append(("score_sde RK45 (rms)", "reference", "rms", None))
     results = {}
     try:
         for tol in [args.tight] + [float(t) for t in args.tols.split(",")]:
-            for label, who, norm in methods:
-                if tol == args.tight and label == "in-graph rms" and not args.floor:
+            for i, (label, who, norm, solver) in enumerate(methods):
+                if tol == args.tight and who == "sde_lab" and i > 0 and not args.floor:
                     continue
                 out = workers[who].ask("solve", args.timeout, tol=tol, norm=norm,
-                                       timed=tol != args.tight)
+                                       solver=solver, timed=tol != args.tight)
                 results[(label, tol)] = out
                 print(f"# {label} rtol=atol={tol:g}: nfe {out['nfe']}, {out['seconds']:.1f} s "
                       f"(load {out['load']:.1f})", flush=True)
@@ -271,15 +278,19 @@ def network_main(args) -> None:
 
 def _network_table(results, methods, args) -> None:
     passes = {"sde_lab": "1 fwd + 1 JVP", "reference": "2 fwd + 1 bwd"}
-    tight = {who: np.asarray(results[(label, args.tight)]["bpd"])
-             for label, who, _ in methods if (label, args.tight) in results}
+    tight = {}
+    for label, who, _, _ in methods:   # the first method of each worker
+        if (label, args.tight) in results and who not in tight:
+            tight[who] = np.asarray(results[(label, args.tight)]["bpd"])
     print(f"\nDDPM++ ({args.network}), random init (init_scale {args.init_scale}), VP, "
           f"batch {args.batch}, Hutchinson (Rademacher, one probe), t_min {T_MIN}; errors of "
           f"bits/dim against each method's own solve at rtol=atol={args.tight:g}\n")
-    if ("in-graph rms", args.tight) in results:
-        floor = np.abs(np.asarray(results[("in-graph rms", args.tight)]["bpd"]) - tight["sde_lab"])
-        print(f"in-graph max vs rms at {args.tight:g}: {floor.mean():.1e} bits/dim (floor of "
-              "the error column)\n")
+    for label, who, _, _ in methods[1:]:
+        if who == "sde_lab" and (label, args.tight) in results:
+            floor = np.abs(np.asarray(results[(label, args.tight)]["bpd"]) - tight[who])
+            print(f"{label} vs {methods[0][0]} at {args.tight:g}: {floor.mean():.1e} bits/dim "
+                  "(floor of the error column)")
+    print()
     print("| method | rtol=atol | NFE | steps | network passes per evaluation | s per example "
           "| mean abs bpd err | max abs bpd err |")
     print("|---|---|---|---|---|---|---|---|")
@@ -287,7 +298,7 @@ def _network_table(results, methods, args) -> None:
     for (label, tol), out in results.items():
         if tol == args.tight:
             continue
-        who = next(w for lab, w, _ in methods if lab == label)
+        who = next(w for lab, w, _, _ in methods if lab == label)
         err = np.abs(np.asarray(out["bpd"]) - tight[who])
         per_example = out["seconds"] / args.batch
         rows[(label, tol)] = (err.mean(), per_example)
@@ -298,7 +309,7 @@ def _network_table(results, methods, args) -> None:
     if ref is None:
         return
     print(f"\nreference at 1e-5: mean error {ref[0]:.1e} bits/dim, {ref[1]:.2f} s per example")
-    for label in ("in-graph max", "in-graph rms"):
+    for label in [m[0] for m in methods if m[1] == "sde_lab"]:
         ok = [(cost, tol) for (lab, tol), (err, cost) in rows.items()
               if lab == label and err <= ref[0]]
         if ok:
@@ -320,6 +331,10 @@ def main():
     parser.add_argument("--reference-dir", help="score_sde_pytorch checkout (network mode)")
     parser.add_argument("--torch-threads", type=int, default=2)
     parser.add_argument("--tols", default="1e-3,1e-4,1e-5", help="network mode tolerances")
+    parser.add_argument("--solvers", default="tsit5",
+                        help="network mode: in-graph solvers, comma-separated (tsit5, dopri5)")
+    parser.add_argument("--norms", default="max,rms",
+                        help="network mode: in-graph error norms, comma-separated (max, rms)")
     parser.add_argument("--tight", type=float, default=1e-6,
                         help="network mode: tolerance of the accuracy reference solves (a "
                              "decade below the tightest compared; float32 networks make "
@@ -337,6 +352,12 @@ def main():
         (sde_lab_network_worker if spec["kind"] == "sde_lab" else reference_network_worker)(spec)
         return
     if args.network:
+        for opt, valid in (("solvers", ("tsit5", "dopri5")), ("norms", ("max", "rms"))):
+            chosen = [v.strip() for v in getattr(args, opt).split(",") if v.strip()]
+            if not chosen or any(v not in valid for v in chosen):
+                parser.error(f"--{opt} {getattr(args, opt)!r}: choose from {', '.join(valid)}, "
+                             "comma-separated")
+            setattr(args, opt, list(dict.fromkeys(chosen)))
         if args.batch == 64:  # the mixture's default; a 61.8M network wants fewer
             args.batch = 4
         network_main(args)
