@@ -39,7 +39,8 @@ reference's rtol = 1e-5 error at least cost is reported with its time ratio. Per
 through `jax.linearize`; reference: two forwards + one backward, its drift_fn and div_fn),
 time per example. The first in-graph call per solver and norm compiles (tolerances are
 traced, so one compilation serves them all) and is not timed; methods alternate per tolerance
-(A, B, C, A, B, C), with `uptime` before and after. About an hour on 2 CPU cores at batch 4.
+(A, B, C, A, B, C), with `uptime` before and after. About half an hour on 2 CPU cores at batch
+4 with two solvers, two norms and five tolerances.
 
     python benchmarks/likelihood.py --network ddpmpp_cont --reference-dir ../score_sde_pytorch
 """
@@ -194,7 +195,7 @@ def sde_lab_network_worker(spec: dict) -> None:
 
     compiled = set()
 
-    def solve(tol, norm, solver="tsit5", timed=True):
+    def solve(tol, norm, solver="dopri5", timed=True):
         # The first call per (solver, norm) compiles (the tolerances are traced: one
         # compilation for each); a timed row is always a call that did not compile.
         first = None
@@ -331,7 +332,7 @@ def main():
     parser.add_argument("--reference-dir", help="score_sde_pytorch checkout (network mode)")
     parser.add_argument("--torch-threads", type=int, default=2)
     parser.add_argument("--tols", default="1e-3,1e-4,1e-5", help="network mode tolerances")
-    parser.add_argument("--solvers", default="tsit5",
+    parser.add_argument("--solvers", default="dopri5",
                         help="network mode: in-graph solvers, comma-separated (tsit5, dopri5)")
     parser.add_argument("--norms", default="max,rms",
                         help="network mode: in-graph error norms, comma-separated (max, rms)")
