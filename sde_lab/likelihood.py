@@ -43,6 +43,7 @@ Both assume the score of one example does not depend on the other examples of th
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Any, Callable, Iterable
 
@@ -373,8 +374,9 @@ def dataset_bits_per_dim(key: Array, sde: sdes.SDE, score_fn: ScoreFn,
         raise ValueError(f"num_passes must be a positive int, got {num_passes!r}")
     if pad_to is not None and not (isinstance(pad_to, int) and pad_to >= 1):
         raise ValueError(f"pad_to must be None or a positive int, got {pad_to!r}")
-    probe = dict(estimator="hutchinson", num_probes=1, rtol=1e-5, atol=1e-5, t_min=1e-5,
-                 solver="dopri5", noise="rademacher", max_steps=4096, error_norm="max")
+    # log_likelihood's own defaults (one place to change them), overridden by the caller's.
+    probe = {name: p.default for name, p in inspect.signature(log_likelihood).parameters.items()
+             if p.default is not inspect.Parameter.empty}
     unknown = sorted(set(likelihood_kwargs) - set(probe))
     if unknown:
         raise ValueError(f"unknown log_likelihood options {unknown}; valid: {sorted(probe)}")
