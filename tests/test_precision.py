@@ -208,6 +208,27 @@ def test_remat_recomputes_in_the_backward_pass():
     assert counts[0] == 0 and counts[1] > 0
 
 
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU's scheduler")
+def test_remat_shrinks_the_training_gradients_temporaries():
+    """XLA's temporary allocation for a training gradient (dropout on) is smaller with
+    remat. With plain nn.remat, XLA:CPU scheduled the recomputations and the parameter
+    gradients so that remat saved nothing (14.9 MiB both ways here; layers.checkpointed
+    orders them: 9.4 MiB)."""
+    x, t = jnp.zeros((8, 16, 16, 3)), jnp.full((8,), 0.5)
+    temps = []
+    for remat in (False, True):
+        net = models.make("ncsnpp", size="tiny", remat=remat)
+        params = jax.eval_shape(net.init, KEY, x[:1], t[:1])
+
+        def loss(p, net=net):
+            y = net.apply(p, x, t, train=True, rngs={"dropout": jax.random.PRNGKey(1)})
+            return jnp.mean(y**2)
+
+        compiled = jax.jit(jax.grad(loss)).lower(params).compile()
+        temps.append(compiled.memory_analysis().temp_size_in_bytes)
+    assert temps[1] < 0.8 * temps[0], temps
+
+
 # ---------------------------------------------------------------------------------------
 # GroupNorm.
 # ---------------------------------------------------------------------------------------

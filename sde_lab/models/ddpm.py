@@ -95,27 +95,27 @@ class DDPM(nn.Module):
 
         ResBlock = functools.partial(layers.ResnetBlockDDPM, act=act, dropout=self.dropout,
                                      norm_groups=self.norm_groups, remat=self.remat, **cv)
-        Attn = functools.partial(layers.AttnBlock, norm_groups=self.norm_groups, **dt)
+        Attn = functools.partial(layers.AttnBlock, norm_groups=self.norm_groups,
+                                 remat=self.remat, **dt)
         hs = [layers.conv(2.0 * x - 1.0 if self.rescale_input else x, self.nf, **cv)]
         for level in range(num_levels):
             for _ in range(self.num_res_blocks):
                 h = ResBlock(out_ch=self.nf * self.ch_mult[level])(hs[-1], temb, train)
                 if h.shape[1] in self.attn_resolutions:
-                    h = Attn()(h)
+                    h = Attn()(h, train)
                 hs.append(h)
             if level != num_levels - 1:
                 hs.append(layers.Downsample(with_conv=self.resamp_with_conv, **cv)(hs[-1]))
 
         h = ResBlock()(hs[-1], temb, train)
-        h = Attn()(h)
+        h = Attn()(h, train)
         h = ResBlock()(h, temb, train)
 
         for level in reversed(range(num_levels)):
             for _ in range(self.num_res_blocks + 1):
-                h = ResBlock(out_ch=self.nf * self.ch_mult[level])(
-                    jnp.concatenate([h, hs.pop()], axis=-1), temb, train)
+                h = ResBlock(out_ch=self.nf * self.ch_mult[level])((h, hs.pop()), temb, train)
             if h.shape[1] in self.attn_resolutions:
-                h = Attn()(h)
+                h = Attn()(h, train)
             if level != 0:
                 h = layers.Upsample(with_conv=self.resamp_with_conv, **cv)(h)
 

@@ -165,7 +165,7 @@ class NCSNpp(nn.Module):
             for _ in range(self.num_res_blocks):
                 h = ResBlock(out_ch=self.nf * self.ch_mult[level])(hs[-1], temb, train)
                 if h.shape[1] in self.attn_resolutions:
-                    h = Attn()(h)
+                    h = Attn()(h, train)
                 hs.append(h)
             if level != num_levels - 1:
                 h = self._resample(hs[-1], temb, train, ResBlock, up=False)
@@ -173,17 +173,16 @@ class NCSNpp(nn.Module):
                 hs.append(h)
 
         h = ResBlock()(hs[-1], temb, train)
-        h = Attn()(h)
+        h = Attn()(h, train)
         h = ResBlock()(h, temb, train)
 
         # Upsampling path.
         pyramid = None
         for level in reversed(range(num_levels)):
             for _ in range(self.num_res_blocks + 1):
-                h = ResBlock(out_ch=self.nf * self.ch_mult[level])(
-                    jnp.concatenate([h, hs.pop()], axis=-1), temb, train)
+                h = ResBlock(out_ch=self.nf * self.ch_mult[level])((h, hs.pop()), temb, train)
             if h.shape[1] in self.attn_resolutions:
-                h = Attn()(h)
+                h = Attn()(h, train)
             h, pyramid = self._output_pyramid(h, pyramid, x.shape[-1], act, level == num_levels - 1)
             if level != 0:
                 h = self._resample(h, temb, train, ResBlock, up=True)
@@ -202,7 +201,7 @@ class NCSNpp(nn.Module):
             res_block = functools.partial(layers.ResnetBlockBigGAN, fir=self.fir,
                                           fir_kernel=self.fir_kernel, **res_kw)
         attn = functools.partial(layers.AttnBlock, skip_rescale=self.skip_rescale,
-                                 init_scale=self.init_scale, **self._dt)
+                                 init_scale=self.init_scale, remat=self.remat, **self._dt)
         return res_block, attn
 
     def _resample(self, h, temb, train, res_block, up: bool):
