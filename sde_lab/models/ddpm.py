@@ -42,7 +42,8 @@ class DDPM(nn.Module):
         trained on data.centered=False.
       dtype: compute dtype, "float32" or "bfloat16" (see `layers`); the output is float32.
       param_dtype: dtype the parameters are stored in ("float32").
-      remat: recompute residual-block activations in the backward pass (`nn.remat`).
+      remat: recompute residual- and attention-block activations in the backward pass
+        (`nn.remat`, via `layers.checkpointed`).
       conv_backward: how stride-1 convs compute, "auto" | "xla" | "gemm" | "onednn"
         (see `sde_lab.models.ncsnpp.NCSNpp`).
     """
