@@ -11,7 +11,8 @@ dropout on, parameterization eps for DDPM++ / score for NCSN++), assembled here 
 library so the script needs no ml_collections (it runs on the GPU image as is).
 
 For each configuration (network size x compute dtype x remat x XLA-flag variant) one
-worker process builds the state, compiles the step and reports:
+worker process compiles the step for the state's shapes, then builds the state (the
+trainer's order: `train._compile_ahead`, `parallel.compile_ahead`) and reports:
 
 * trace s: tracing + lowering to StableHLO (Python, Flax); compile s: XLA compilation;
 * step s: median wall time of the timed steps (>= 5 after 2 warm-up steps, per round);
@@ -21,9 +22,9 @@ worker process builds the state, compiles the step and reports:
   worker (float32 and bfloat16 peaks, the latter accumulating in float32: 2048^3 products
   on CPU, 8192^3 on GPU, ~1 s each);
 * memory: XLA's buffer assignment for the step (arguments + outputs + temporaries -
-  aliased), the process's peak RSS after the warm-up steps (by then it has built the
-  state, compiled this step and run it, nothing else: the peak includes XLA's compile-time
-  memory; `--cache-dir` of a warm cache removes that part), its RSS after the timed steps
+  aliased), the process's peak RSS after the warm-up steps (by then it has compiled this
+  step, built the state and run the step, nothing else: the peak includes XLA's
+  compile-time memory; `--cache-dir` of a warm cache removes that part), its RSS after the timed steps
   (and the matmul-peak measurements), and on GPU the device's peak_bytes_in_use.
 
 With `--reference-dir PATH` (a clone of github.com/yang-song/score_sde_pytorch; torch and
@@ -112,6 +113,17 @@ def _device_peak_bytes(jax) -> int | None:
 def build_sde_lab_step(size: str, batch: int, dtype: str, remat: bool,
                        conv_backward: str = "auto"):
     """(step_fn, state, batch, keys): the trainer's jitted step on one device."""
+    step_fn, make_state, data, keys = sde_lab_step_parts(size, batch, dtype, remat,
+                                                         conv_backward)
+    return step_fn, make_state(), data, keys
+
+
+def sde_lab_step_parts(size: str, batch: int, dtype: str, remat: bool,
+                       conv_backward: str = "auto"):
+    """(step_fn, make_state, batch, keys): the trainer's jitted step on one device, and a
+    function that builds its replicated train state (`make_state(shapes_only=True)`: the
+    state's `jax.eval_shape`, which the trainer compiles the step for before the state
+    exists)."""
     import types
 
     import jax
@@ -146,16 +158,23 @@ def build_sde_lab_step(size: str, batch: int, dtype: str, remat: bool,
     # (minutes saved on 2 cores; it does not touch the timed step).
     cheap = ({"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
              if jax.devices()[0].platform == "cpu" else None)
-    params = jax.jit(net.init, compiler_options=cheap)(
-        jax.random.PRNGKey(0), jnp.zeros((1, side, side, 3)), jnp.zeros((1,)))
-    state = parallel.replicate(state_lib.init_state(params, optimizer), mesh)
+
+    def make_state(shapes_only: bool = False):
+        init = net.init if shapes_only else jax.jit(net.init, compiler_options=cheap)
+        if shapes_only:  # what the trainer compiles for: jax.eval_shape of the state
+            return jax.eval_shape(lambda: state_lib.init_state(init(
+                jax.random.PRNGKey(0), jnp.zeros((1, side, side, 3)), jnp.zeros((1,))),
+                optimizer))
+        params = init(jax.random.PRNGKey(0), jnp.zeros((1, side, side, 3)), jnp.zeros((1,)))
+        return parallel.replicate(state_lib.init_state(params, optimizer), mesh)
+
     rng = np.random.default_rng(0)
     x = rng.uniform(-1.0 if centered else 0.0, 1.0, (batch, 1, side, side, 3)).astype(np.float32)
     data = parallel.shard_batch({"x": x}, mesh)
     # Per-example keys [B, 1, 2] of steps 0, 1, 2, ... as train._gather_steps makes them.
     keys = [parallel.shard_batch(np.asarray(losses.example_keys(
         jax.random.fold_in(jax.random.PRNGKey(1), i), batch))[:, None], mesh) for i in range(8)]
-    return step_fn, state, data, keys
+    return step_fn, make_state, data, keys
 
 
 def sde_lab_worker(spec: dict) -> None:
@@ -169,23 +188,28 @@ def sde_lab_worker(spec: dict) -> None:
     parallel.set_cpu_convolutions(spec.get("cpu_convolutions", "xla"))
     parallel.set_cpu_scheduler(spec.get("cpu_scheduler", "memory"))
     parallel.enable_compilation_cache(spec.get("cache_dir") or "none")
+    # The trainer's order (sde_lab.train._compile_ahead): the step is compiled for the
+    # state's shapes before the state exists, then JAX's caches are dropped
+    # (parallel.compile_ahead, here in its two timed parts), then the state is built and
+    # what its initialisation compiled is dropped as well.
+    step_fn, make_state, data, keys = sde_lab_step_parts(spec["size"], spec["batch"],
+                                                         spec["dtype"], spec["remat"],
+                                                         spec.get("conv_backward", "auto"))
     start = time.perf_counter()
-    step_fn, state, data, keys = build_sde_lab_step(spec["size"], spec["batch"], spec["dtype"],
-                                                    spec["remat"],
-                                                    spec.get("conv_backward", "auto"))
-    jax.block_until_ready(state)
-    parallel.release_host_memory()  # as sde_lab.train does after the state is built
-    build_s, rss_after_init = time.perf_counter() - start, _workers.peak_rss_bytes()
-
-    start = time.perf_counter()
-    lowered = step_fn.lower(state, data, keys[0])
+    lowered = step_fn.lower(parallel.abstract(make_state(shapes_only=True)), data, keys[0])
     trace_s = time.perf_counter() - start
     start = time.perf_counter()
     compiled = lowered.compile()
     compile_s = time.perf_counter() - start
     del lowered
-    # As sde_lab.train does between compiling and stepping.
-    parallel.release_host_memory()
+    parallel.drop_jax_caches()
+    rss_peak_compile = _workers.peak_rss_bytes()
+
+    start = time.perf_counter()
+    state = make_state()
+    jax.block_until_ready(state)
+    parallel.drop_jax_caches()  # as sde_lab.train does after the state is built
+    build_s, rss_after_init = time.perf_counter() - start, _workers.current_rss_bytes()
 
     box = {"state": state, "i": 0}
 
@@ -221,7 +245,8 @@ def sde_lab_worker(spec: dict) -> None:
     _workers.serve(
         dict(build_s=build_s, trace_s=trace_s, compile_s=compile_s, warmup_s=first,
              flops=float(cost.get("flops", 0.0)), xla_bytes=xla_bytes,
-             rss_after_init=rss_after_init, rss_peak_after_compile=_workers.peak_rss_bytes(),
+             rss_peak_compile=rss_peak_compile, rss_after_init=rss_after_init,
+             rss_peak_after_compile=_workers.peak_rss_bytes(),
              rss_step_peak=rss_step_peak,
              device_peak=device_peak,
              matmul_precision=str(jax.config.jax_default_matmul_precision),

@@ -221,6 +221,31 @@ def _first_nonfinite(pending: list[tuple[int, Any]]) -> tuple[int, str] | None:
 
 # ---------------------------------------------------------------- the loop
 
+def _compile_ahead(exp, step_fn, optimizer, ckpt, dataset, mesh):
+    """(compiled step, its steps per dispatch) for the run's first dispatch, compiled
+    before the train state exists; (None, 0) in pmap mode or with nothing left to train.
+
+    The state's shapes come from `jax.eval_shape` of its initialisation, and the first
+    step from the newest checkpoint the restore will find (if that checkpoint turns out
+    unreadable and an older one is restored, a first dispatch of another length compiles
+    on its call, as the last one of a run does). Why ahead: the compiler's peak memory
+    then does not come on top of the state's, and `parallel.compile_ahead` frees the
+    lowered program JAX would keep (DDPM++'s step: README "Training speed on CPU").
+    """
+    t = exp.train
+    if not hasattr(step_fn, "lower"):
+        return None, 0
+    done = [s for s in ckpt.steps() if s <= t.num_steps]
+    first = done[-1] if done else 0
+    if first >= t.num_steps:
+        return None, 0
+    n = min(t.steps_per_dispatch, t.num_steps - first)
+    batch, keys = _gather_steps(dataset, exp.keys, first, n, t.batch_size)
+    batch, keys = parallel.shard_batch(batch, mesh), parallel.shard_batch(keys, mesh)
+    shapes = jax.eval_shape(lambda: init_state(exp.init_params(exp.keys.init), optimizer))
+    return parallel.compile_ahead(step_fn, parallel.abstract(shapes), batch, keys), n
+
+
 def _restore_or_init(exp, ckpt, optimizer, mesh):
     state = init_state(exp.init_params(exp.keys.init), optimizer)
     found = ckpt.restore_latest(state, at_most=exp.train.num_steps, set_aside=True)
@@ -247,29 +272,22 @@ def train(exp, workdir: str) -> tuple[TrainState, interrupts.Flag]:
         make_train_step(exp.loss_fn(), optimizer, exp.optim.ema_rate, t.grad_accum_steps), mesh,
         mode=exp.parallel.mode)
     ckpt = checkpointing.Checkpointer(workdir, t.max_to_keep)
-    state, start = _restore_or_init(exp, ckpt, optimizer, mesh)
-    parallel.release_host_memory()  # what initialisation or the restore freed
     dataset = exp.data.make(exp.data.train_split, train=True, seed=exp.seed)
+    compiled, compiled_n = _compile_ahead(exp, step_fn, optimizer, ckpt, dataset, mesh)
+    state, start = _restore_or_init(exp, ckpt, optimizer, mesh)
+    parallel.drop_jax_caches()  # initialisation's executables; what it or the restore freed
     lr_fn = learning_rate_schedule(exp.optim)
     logger = Logger(workdir, t.num_steps, start, tracker=trackers.for_run(exp, workdir))
     pending: list[tuple[int, Any]] = []
     step, t_last, steps_since_log = start, time.time(), 0
-    compiled_ahead = False
     try:
         with interrupts.deferred() as stop:
             while step < t.num_steps:
                 n = min(t.steps_per_dispatch, t.num_steps - step)
                 batch, keys = _gather_steps(dataset, exp.keys, step, n, t.batch_size)
                 batch, keys = parallel.shard_batch(batch, mesh), parallel.shard_batch(keys, mesh)
-                if not compiled_ahead and hasattr(step_fn, "lower"):
-                    # Compile the step before its first call (jit reuses this compilation)
-                    # and return the compiler's freed memory to the OS first: otherwise it
-                    # stays resident beside the step's buffers (peak RSS of DDPM++'s step:
-                    # README "Training speed on CPU").
-                    step_fn.lower(state, batch, keys).compile()
-                    parallel.release_host_memory()
-                    compiled_ahead = True
-                state, metrics = step_fn(state, batch, keys)
+                run_step = compiled if compiled is not None and n == compiled_n else step_fn
+                state, metrics = run_step(state, batch, keys)
                 pending.append((step, metrics))
                 step += n
                 steps_since_log += n

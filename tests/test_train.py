@@ -130,3 +130,50 @@ def test_nonfinite_detection_watches_grads_params_and_ema():
     assert train._first_nonfinite([(10, ok), (13, bad)]) == (15, "ema_norm")
     assert train._first_nonfinite([(0, dict(ok, grad_norm=jnp.asarray([jnp.nan] * 3)))]) == (
         1, "grad_norm")
+
+
+def test_the_step_is_compiled_once_before_the_state_exists(tmp_path, monkeypatch):
+    """The trainer compiles its step from the state's shapes before it initialises (or
+    restores) the state, runs that compilation for every dispatch of its length (JAX's
+    caches are emptied after compiling, so a second compilation would show), and compiles
+    again only for a dispatch of another length."""
+    from configs import toy
+    from jax import monitoring
+
+    config = toy.get_config("runlocal")
+    config.train.batch_size = 8
+    config.train.num_steps = 6
+    config.train.steps_per_dispatch = 2
+    config.train.log_every_steps = 2
+    config.train.checkpoint_every_steps = 4
+    config.train.eval_at_end = False
+    exp = experiment.build(config)
+    events = []
+    real_restore_or_init = train._restore_or_init
+
+    def restore_or_init(*args):
+        events.append("state")
+        return real_restore_or_init(*args)
+
+    def on_compile(event, duration, **kw):
+        if event == "/jax/core/compile/backend_compile_duration":
+            events.append(kw.get("fun_name"))
+
+    STEP = "jit(train_step)"  # noqa: N806 (JAX's name for the compiled step)
+    monkeypatch.setattr(train, "_restore_or_init", restore_or_init)
+    monitoring.register_event_duration_secs_listener(on_compile)
+    try:
+        train.train(exp, str(tmp_path))
+        assert [e for e in events if e in (STEP, "state")] == [STEP, "state"]
+        events.clear()
+        # Resumed at step 6 (its final checkpoint) for 3 more steps: dispatches of 2 and 1.
+        train.train(experiment.build(_with_steps(config, 9)), str(tmp_path))
+        assert [e for e in events if e in (STEP, "state")] == [STEP, "state", STEP]
+    finally:
+        monitoring.unregister_event_duration_listener(on_compile)
+
+
+def _with_steps(config, num_steps):
+    config = config.copy_and_resolve_references()
+    config.train.num_steps = num_steps
+    return config
