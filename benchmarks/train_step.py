@@ -24,7 +24,9 @@ trainer's order: `train._compile_ahead`, `parallel.compile_ahead`) and reports:
 * memory: XLA's buffer assignment for the step (arguments + outputs + temporaries -
   aliased), the process's peak RSS after the warm-up steps (by then it has compiled this
   step, built the state and run the step, nothing else: the peak includes XLA's
-  compile-time memory; `--cache-dir` of a warm cache removes that part), its RSS after the timed steps
+  compile-time memory; with a warm `--cache-dir` the step is loaded instead, which on
+  DDPM++ held ~0.3 GiB more: README "Compiling before the state exists"), its RSS after
+  the timed steps
   (and the matmul-peak measurements), and on GPU the device's peak_bytes_in_use.
 
 With `--reference-dir PATH` (a clone of github.com/yang-song/score_sde_pytorch; torch and
@@ -160,12 +162,10 @@ def sde_lab_step_parts(size: str, batch: int, dtype: str, remat: bool,
              if jax.devices()[0].platform == "cpu" else None)
 
     def make_state(shapes_only: bool = False):
-        init = net.init if shapes_only else jax.jit(net.init, compiler_options=cheap)
+        args = (jax.random.PRNGKey(0), jnp.zeros((1, side, side, 3)), jnp.zeros((1,)))
         if shapes_only:  # what the trainer compiles for: jax.eval_shape of the state
-            return jax.eval_shape(lambda: state_lib.init_state(init(
-                jax.random.PRNGKey(0), jnp.zeros((1, side, side, 3)), jnp.zeros((1,))),
-                optimizer))
-        params = init(jax.random.PRNGKey(0), jnp.zeros((1, side, side, 3)), jnp.zeros((1,)))
+            return jax.eval_shape(lambda: state_lib.init_state(net.init(*args), optimizer))
+        params = jax.jit(net.init, compiler_options=cheap)(*args)
         return parallel.replicate(state_lib.init_state(params, optimizer), mesh)
 
     rng = np.random.default_rng(0)

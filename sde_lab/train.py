@@ -29,7 +29,8 @@ from sde_lab import checkpointing, interrupts, parallel, sample, trackers
 from sde_lab import workdir as workdir_lib
 from sde_lab.losses import example_keys
 from sde_lab.progress import fmt_seconds
-from sde_lab.state import TrainState, init_state, learning_rate_schedule, make_optimizer
+from sde_lab.state import (TrainState, abstract_state, init_state, learning_rate_schedule,
+                            make_optimizer)
 
 WATCHED = ("loss", "grad_norm", "param_norm", "ema_norm")
 
@@ -221,14 +222,14 @@ def _first_nonfinite(pending: list[tuple[int, Any]]) -> tuple[int, str] | None:
 
 # ---------------------------------------------------------------- the loop
 
-def _compile_ahead(exp, step_fn, optimizer, ckpt, dataset, mesh):
+def _compile_ahead(exp, step_fn, ckpt, dataset, mesh):
     """(compiled step, its steps per dispatch) for the run's first dispatch, compiled
     before the train state exists; (None, 0) in pmap mode or with nothing left to train.
 
-    The state's shapes come from `jax.eval_shape` of its initialisation, and the first
-    step from the newest checkpoint the restore will find (if that checkpoint turns out
-    unreadable and an older one is restored, a first dispatch of another length compiles
-    on its call, as the last one of a run does). Why ahead: the compiler's peak memory
+    The state's shapes come from `state.abstract_state` (`jax.eval_shape` of its
+    initialisation), and the first step from the newest checkpoint the restore will find
+    (if that checkpoint turns out unreadable and an older one is restored, a first
+    dispatch of another length compiles on its call, as the last one of a run does). Why ahead: the compiler's peak memory
     then does not come on top of the state's, and `parallel.compile_ahead` frees the
     lowered program JAX would keep (DDPM++'s step: README "Training speed on CPU").
     """
@@ -242,8 +243,8 @@ def _compile_ahead(exp, step_fn, optimizer, ckpt, dataset, mesh):
     n = min(t.steps_per_dispatch, t.num_steps - first)
     batch, keys = _gather_steps(dataset, exp.keys, first, n, t.batch_size)
     batch, keys = parallel.shard_batch(batch, mesh), parallel.shard_batch(keys, mesh)
-    shapes = jax.eval_shape(lambda: init_state(exp.init_params(exp.keys.init), optimizer))
-    return parallel.compile_ahead(step_fn, parallel.abstract(shapes), batch, keys), n
+    return parallel.compile_ahead(step_fn, parallel.abstract(abstract_state(exp)), batch,
+                                  keys), n
 
 
 def _restore_or_init(exp, ckpt, optimizer, mesh):
@@ -273,7 +274,7 @@ def train(exp, workdir: str) -> tuple[TrainState, interrupts.Flag]:
         mode=exp.parallel.mode)
     ckpt = checkpointing.Checkpointer(workdir, t.max_to_keep)
     dataset = exp.data.make(exp.data.train_split, train=True, seed=exp.seed)
-    compiled, compiled_n = _compile_ahead(exp, step_fn, optimizer, ckpt, dataset, mesh)
+    compiled, compiled_n = _compile_ahead(exp, step_fn, ckpt, dataset, mesh)
     state, start = _restore_or_init(exp, ckpt, optimizer, mesh)
     parallel.drop_jax_caches()  # initialisation's executables; what it or the restore freed
     lr_fn = learning_rate_schedule(exp.optim)
