@@ -468,3 +468,82 @@ def test_instance_norm_plus_against_float64_formula(unbiased):
     h = (x - means[:, None, None]) / np.sqrt(x.var(axis=(1, 2), keepdims=True) + 1e-5)
     want = (h + mu[:, None, None] * p["alpha"]) * p["gamma"] + p["beta"]
     np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-5)
+
+
+# ------------------------------------------------------------------ dropout and nin's VJP
+
+
+@pytest.mark.parametrize("shape", [(1,), (7,), (3, 5), (2, 6, 6, 8), (2, 1, 1, 9)])
+@pytest.mark.parametrize("make_key", [jax.random.PRNGKey, jax.random.key])
+def test_bernoulli_draws_jaxs_masks_bit_for_bit(shape, make_key):
+    """layers.bernoulli is jax.random.bernoulli (raw and typed Threefry keys, any p)."""
+    for seed in range(3):
+        key = make_key(seed)
+        for p in (0.9, 0.5, 0.87, 1e-3, 0.0, 1.0):
+            got = jax.jit(lambda k, p=p: layers.bernoulli(k, p, shape))(key)
+            want = jax.random.bernoulli(key, p, shape)
+            assert got.dtype == want.dtype and got.shape == want.shape
+            np.testing.assert_array_equal(got, want)
+    mean = float(jnp.mean(layers.bernoulli(make_key(5), 0.9, (64, 1024))))
+    assert abs(mean - 0.9) < 4 * np.sqrt(0.9 * 0.1 / 65536)
+
+
+def test_bernoulli_has_no_threefry_loop_and_defers_to_jax_for_other_prngs():
+    """The fused form has no threefry2x32 primitive (JAX's is a 5-iteration loop on CPU);
+    an rbg key, not Threefry, gets jax.random.bernoulli's own draw."""
+    jaxpr = str(jax.make_jaxpr(lambda k: layers.bernoulli(k, 0.9, (4, 8)))(KEY))
+    assert "threefry2x32" not in jaxpr and "while" not in jaxpr
+    rbg = jax.random.key(1, impl="rbg")
+    np.testing.assert_array_equal(layers.bernoulli(rbg, 0.7, (5, 6)),
+                                  jax.random.bernoulli(rbg, 0.7, (5, 6)))
+
+
+def test_dropout_module_equals_flax_dropout():
+    """Same names, same rng stream, same masks and scaling as flax.linen.Dropout."""
+    class Net(nn.Module):
+        cls: type
+
+        @nn.compact
+        def __call__(self, x, train):
+            x = self.cls(0.3)(x, deterministic=not train)
+            return self.cls(0.1, broadcast_dims=(1, 2))(x, deterministic=not train)
+
+    x = jax.random.normal(KEY, (4, 8, 8, 16))
+    for key in (jax.random.PRNGKey(3), jax.random.key(3)):
+        got = Net(layers.Dropout).apply({}, x, True, rngs={"dropout": key})
+        want = Net(nn.Dropout).apply({}, x, True, rngs={"dropout": key})
+        np.testing.assert_array_equal(got, want)
+        assert 0.3 < float(jnp.mean(got == 0)) < 0.45   # 1 - 0.7 * 0.9 = 0.37 dropped
+    np.testing.assert_array_equal(Net(layers.Dropout).apply({}, x, False), x)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_nin_training_vjp_equals_dense_autodiff(dtype):
+    """nin(train=True)'s kernel gradient, computed as (g^T x)^T, equals nn.Dense's own to
+    rounding; train=False stays differentiable in forward mode (the likelihood's JVPs)."""
+    x = jax.random.normal(KEY, (2, 3, 5, 16))
+    g = jax.random.normal(jax.random.PRNGKey(1), (2, 3, 5, 8))
+
+    class Nin(nn.Module):
+        train: bool
+
+        @nn.compact
+        def __call__(self, x):
+            return layers.nin(x, 8, init_scale=1.0, dtype=dtype, train=self.train)
+
+    params = Nin(False).init(KEY, x)
+
+    def grads(train):
+        def f(p, x):
+            return jnp.sum(Nin(train).apply(p, x).astype(jnp.float32) * g)
+        return jax.jit(jax.grad(f, argnums=(0, 1)))(params, x)
+
+    got, want = grads(True), grads(False)
+    tol = 1e-6 if dtype == jnp.float32 else 1e-2
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        assert a.dtype == b.dtype
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol * float(jnp.max(jnp.abs(b))))
+    jaxpr = str(jax.make_jaxpr(jax.grad(lambda p: jnp.sum(Nin(True).apply(p, x))))(params))
+    assert "custom_vjp_call" in jaxpr
+    _, tangent = jax.jvp(lambda x: Nin(False).apply(params, x), (x,), (jnp.ones_like(x),))
+    assert tangent.shape == (2, 3, 5, 8)

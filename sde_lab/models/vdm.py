@@ -76,7 +76,7 @@ class ResnetBlock(nn.Module):
         h = h + nn.Dense(self.channels, use_bias=False, kernel_init=nn.initializers.zeros,
                          name="cond_proj", **dt)(cond)[:, None, None, :]
         h = nn.swish(layers.GroupNorm(self.num_groups, **dt)(h))
-        h = nn.Dropout(self.dropout)(h, deterministic=not train)
+        h = layers.Dropout(self.dropout)(h, deterministic=not train)
         h = nn.Conv(self.channels, (3, 3), kernel_init=nn.initializers.zeros, name="conv2",
                     conv_general_dilated=conv_fn, **dt)(h)
         if x.shape[-1] != self.channels:
