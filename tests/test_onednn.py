@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from unittest import mock
@@ -45,14 +46,16 @@ CASES = [(3, "SAME", (1, 1)), (3, ((1, 0), (2, 1)), (1, 1)), (1, "SAME", (1, 1))
 
 
 @needs_onednn
+@pytest.mark.parametrize("threads", ["1", "2"])  # separate gradient calls; one joint call
 @pytest.mark.parametrize("kernel,padding,strides", CASES)
-def test_float32_value_and_gradients_equal_lax(kernel, padding, strides):
+def test_float32_value_and_gradients_equal_lax(kernel, padding, strides, threads):
     """Output and both gradients equal lax's to float32 rounding of sums of ~100 terms."""
     k = jax.random.split(KEY, 2)
     x = jax.random.normal(k[0], (2, 7, 6, 5))
     w = jax.random.normal(k[1], (kernel, kernel, 5, 4))
     want = _value_and_grads(_lax_conv, x, w, padding, strides)
-    got = _value_and_grads(_onednn_conv, x, w, padding, strides)
+    with mock.patch.dict(os.environ, {"SDE_LAB_ONEDNN_THREADS": threads}):
+        got = _value_and_grads(_onednn_conv, x, w, padding, strides)
     for g, r in zip(got, want):
         assert g.shape == r.shape and g.dtype == r.dtype
         np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(r))))
@@ -93,19 +96,24 @@ def test_vmap_over_an_extra_axis_equals_lax():
 
 @needs_onednn
 def test_stride_one_convolutions_are_ffi_calls_and_others_stay_lax():
-    """Reverse mode through a stride-1 conv: three oneDNN calls (forward, input gradient,
-    kernel gradient) and no XLA convolution; a strided conv is lax's."""
+    """Reverse mode through a stride-1 conv: oneDNN calls and no XLA convolution (forward,
+    input gradient, kernel gradient; with a team of threads per call the two gradients
+    are one call, run in turn); a strided conv is lax's."""
     x, w = jnp.ones((2, 8, 8, 4)), jnp.ones((3, 3, 4, 5))
 
-    def count(strides):
-        jaxpr = str(jax.make_jaxpr(jax.grad(
-            lambda x, w: jnp.sum(_onednn_conv(x, w, "SAME", strides) ** 2),
-            argnums=(0, 1)))(x, w))
-        return jaxpr.count("conv_general_dilated"), sum(
-            jaxpr.count(name) for name in onednn.TARGETS.values())
+    def count(strides, threads):
+        with mock.patch.dict(os.environ, {"SDE_LAB_ONEDNN_THREADS": threads}):
+            jaxpr = str(jax.make_jaxpr(jax.grad(
+                lambda x, w: jnp.sum(_onednn_conv(x, w, "SAME", strides) ** 2),
+                argnums=(0, 1)))(x, w))
+        called = re.findall(r"target_name=(\w+)", jaxpr)
+        return jaxpr.count("conv_general_dilated"), {
+            key: called.count(name) for key, name in onednn.TARGETS.items()}
 
-    assert count((1, 1)) == (0, 3)
-    assert count((2, 2)) == (3, 0)
+    one = dict(fwd=1, bwd_data=0, bwd_weights=0, bwd=0)
+    assert count((1, 1), "1") == (0, dict(one, bwd_data=1, bwd_weights=1))
+    assert count((1, 1), "2") == (0, dict(one, bwd=1))
+    assert count((2, 2), "2") == (3, dict.fromkeys(one, 0))
 
 
 @needs_onednn

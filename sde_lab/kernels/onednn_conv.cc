@@ -188,6 +188,15 @@ ffi::Error BwdWeights(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Result<ffi::AnyB
   return Run('w', x, dy, dw, pt, pb, pl, pr, threads);
 }
 
+// Both gradients in one call, input gradient first: see `_conv_bwd` in sde_lab/onednn.py.
+ffi::Error Bwd(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::AnyBuffer dy,
+               ffi::Result<ffi::AnyBuffer> dx, ffi::Result<ffi::AnyBuffer> dw, int64_t pt,
+               int64_t pb, int64_t pl, int64_t pr, int64_t threads) {
+  ffi::Error status = Run('d', dy, w, dx, pt, pb, pl, pr, threads);
+  if (status.failure()) return status;
+  return Run('w', x, dy, dw, pt, pb, pl, pr, threads);
+}
+
 }  // namespace
 
 // 1 if this CPU has oneDNN convolutions (all three directions) for the dtype, else 0:
@@ -211,3 +220,9 @@ extern "C" int SdeLabConvSupported(int bf16) {
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SdeLabConvFwd, Fwd, SDE_LAB_BIND);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SdeLabConvBwdData, BwdData, SDE_LAB_BIND);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SdeLabConvBwdWeights, BwdWeights, SDE_LAB_BIND);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    SdeLabConvBwd, Bwd,
+    ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()
+        .Ret<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>()
+        .Attr<int64_t>("pad_t").Attr<int64_t>("pad_b").Attr<int64_t>("pad_l")
+        .Attr<int64_t>("pad_r").Attr<int64_t>("threads"));
