@@ -13,7 +13,13 @@ calls side by side, and bfloat16 calls run on one thread each (`onednn.threads`)
 there the sum can exceed what the calls added to the wall time. Verbose mode costs a
 little per call; compare rows within one run.
 
+With `--reference-dir PATH` (a score_sde_pytorch checkout, torch installed) the same is
+done for the reference's float32 step: PyTorch's CPU convolutions are oneDNN's too (its own
+build, which prints the same verbose lines), so the two steps' convolutions compare call
+by call, and "wall minus calls" is then PyTorch's own non-convolution work.
+
     python benchmarks/onednn_breakdown.py [--size ddpmpp_cont] [--dtypes float32,bfloat16]
+        [--reference-dir PATH] [--torch-threads 2]
 """
 
 from __future__ import annotations
@@ -53,6 +59,21 @@ def worker(size: str, dtype: str, warmup: int, steps: int) -> None:
             print(f"{MARK} step {time.perf_counter() - start:.4f}", flush=True)
 
 
+def reference_worker(size: str, reference_dir: str, threads: int, warmup: int,
+                     steps: int) -> None:
+    sys.path.insert(0, HERE)
+    import reference
+
+    reference.import_reference(reference_dir, threads)
+    step, _ = reference.make_train_step(size, 8)
+    for i in range(warmup + steps):
+        if i == warmup:
+            print(f"{MARK} timed", flush=True)
+        seconds = reference.timed(step)[1]
+        if i >= warmup:
+            print(f"{MARK} step {seconds:.4f}", flush=True)
+
+
 def parse(lines: list[str], steps: int) -> tuple[list[float], list[tuple]]:
     """(step seconds, rows of (kind, implementation, calls per step, ms per step, GFLOP/s))."""
     timed = False
@@ -87,8 +108,14 @@ def main() -> None:
     parser.add_argument("--dtypes", default="float32,bfloat16")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=2)
-    parser.add_argument("--worker", help=argparse.SUPPRESS)  # a dtype
+    parser.add_argument("--reference-dir", help="score_sde_pytorch checkout to break down too")
+    parser.add_argument("--torch-threads", type=int, default=2)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)  # a dtype, or "reference"
     args = parser.parse_args()
+    if args.worker == "reference":
+        reference_worker(args.size, args.reference_dir, args.torch_threads, args.warmup,
+                         args.steps)
+        return
     if args.worker:
         worker(args.size, args.worker, args.warmup, args.steps)
         return
@@ -101,22 +128,31 @@ def main() -> None:
 
     from sde_lab import onednn
 
+    if args.reference_dir and not os.path.isdir(args.reference_dir):
+        parser.error(f"--reference-dir: {args.reference_dir} is not a directory")
     print(f"uptime: {_workers.uptime()}", flush=True)
-    for dtype in dtypes:
-        why = onednn.unavailable(dtype)
+    runs = [(dtype, f"{dtype}, batch 8, conv_backward=onednn") for dtype in dtypes]
+    if args.reference_dir:
+        runs.append(("reference", f"score_sde_pytorch float32, batch 8, "
+                                  f"{args.torch_threads} torch threads"))
+    for worker_arg, title in runs:
+        why = None if worker_arg == "reference" else onednn.unavailable(worker_arg)
         if why:
-            print(f"{dtype}: skipped: {why}")
+            print(f"{worker_arg}: skipped: {why}")
             continue
-        out = subprocess.run(
-            [sys.executable, os.path.abspath(__file__), "--size", args.size, "--warmup",
-             str(args.warmup), "--steps", str(args.steps), "--worker", dtype],
-            env=dict(os.environ, ONEDNN_VERBOSE="1"), capture_output=True, text=True)
+        cmd = [sys.executable, os.path.abspath(__file__), "--size", args.size, "--warmup",
+               str(args.warmup), "--steps", str(args.steps), "--worker", worker_arg]
+        if args.reference_dir:
+            cmd += ["--reference-dir", args.reference_dir, "--torch-threads",
+                    str(args.torch_threads)]
+        out = subprocess.run(cmd, env=dict(os.environ, ONEDNN_VERBOSE="1"),
+                             capture_output=True, text=True)
         if out.returncode:
-            sys.exit(f"error: the {dtype} worker failed:\n{out.stderr[-3000:]}")
+            sys.exit(f"error: the {worker_arg} worker failed:\n{out.stderr[-3000:]}")
         step_s, rows = parse(out.stdout.splitlines(), args.steps)
         total = sum(r[3] for r in rows)
         wall = 1e3 * sum(step_s) / len(step_s)
-        print(f"\n{args.size} {dtype}, batch 8, conv_backward=onednn: step {wall:.0f} ms "
+        print(f"\n{args.size} {title}: step {wall:.0f} ms "
               f"(per step: {', '.join(f'{1e3 * s:.0f}' for s in step_s)}); oneDNN's calls "
               f"{total:.0f} ms in all (they may overlap), wall minus calls {wall - total:.0f} "
               "ms\n")

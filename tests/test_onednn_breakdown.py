@@ -36,3 +36,18 @@ def test_sums_only_the_timed_steps_and_rates_convolutions_by_their_macs():
     # jaxlib's own oneDNN (a newer version, another line format) runs XLA's matrix products.
     assert by_kind[("gemm_api", "jaxlib's oneDNN (XLA's products)")] == (0.5, 0.25, None)
     assert [r[0] for r in rows] == ["convolution backward_weights", "reorder", "gemm_api"]
+
+
+def test_reads_the_newer_format_of_pytorchs_own_onednn():
+    """PyTorch's oneDNN (3.x, `--reference-dir`) prints v1 lines with the implementation."""
+    line = ("onednn_verbose,v1,primitive,exec,cpu,convolution,jit:avx512_core,backward_weights,"
+            "src:f32:a:blocked:aBcd16b::f0 wei:f32:a:blocked:ABcd16b16a::f0 bia:f32:a:blocked:a"
+            "::f0 dst:f32:a:blocked:aBcd16b::f0,attr-scratchpad:user,alg:convolution_direct,"
+            "mb8_ic256oc256_ih16oh16kh3sh1dh0ph1_iw16ow16kw3sw1dw0pw1,{ms}")
+    mark = onednn_breakdown.MARK
+    step_s, rows = onednn_breakdown.parse(
+        [f"{mark} timed", line.format(ms=7.0), line.format(ms=9.0), f"{mark} step 2.6"], steps=1)
+    assert step_s == [2.6]
+    [(kind, impl, calls, ms, rate)] = rows
+    assert (kind, impl, calls, ms) == ("convolution backward_weights", "jit:avx512_core", 2, 16.0)
+    assert rate == pytest.approx(2 * 2 * 8 * 256 * 256 * 16 * 16 * 9 / 16e-3 / 1e9)
