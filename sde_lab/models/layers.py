@@ -729,7 +729,7 @@ class ResnetBlockDDPM(nn.Module):
         h = conv(self.act(group_norm(x, self.norm_groups, **dt)), out_ch, **cv)
         h = _add_temb(h, temb, self.act, dt)
         h = Dropout(self.dropout)(self.act(group_norm(h, self.norm_groups, **dt)),
-                                     deterministic=not train)
+                                  deterministic=not train)
         h = conv(h, out_ch, init_scale=self.init_scale, **cv)
         if x.shape[-1] != out_ch:
             x = nin(x, out_ch, train=train, **dt)
