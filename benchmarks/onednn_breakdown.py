@@ -49,14 +49,15 @@ def worker(size: str, dtype: str, warmup: int, steps: int) -> None:
 
     step_fn, state, data, keys = build_sde_lab_step(size, 8, dtype, False, "onednn")
     compiled = step_fn.lower(state, data, keys[0]).compile()
-    for i in range(warmup + steps):
-        if i == warmup:
-            print(f"{MARK} timed", flush=True)
+
+    def one_step(i: int) -> float:
+        nonlocal state
         start = time.perf_counter()
         state, metrics = compiled(state, data, keys[i % len(keys)])
         jax.block_until_ready((state, metrics))
-        if i >= warmup:
-            print(f"{MARK} step {time.perf_counter() - start:.4f}", flush=True)
+        return time.perf_counter() - start
+
+    _run_marked(one_step, warmup, steps)
 
 
 def reference_worker(size: str, reference_dir: str, threads: int, warmup: int,
@@ -66,10 +67,16 @@ def reference_worker(size: str, reference_dir: str, threads: int, warmup: int,
 
     reference.import_reference(reference_dir, threads)
     step, _ = reference.make_train_step(size, 8)
+    _run_marked(lambda i: reference.timed(step)[1], warmup, steps)
+
+
+def _run_marked(one_step, warmup: int, steps: int) -> None:
+    """Runs one_step(i) -> seconds warmup + steps times; marks where the timed steps start
+    (the verbose lines after the mark are the ones `parse` sums) and prints their times."""
     for i in range(warmup + steps):
         if i == warmup:
             print(f"{MARK} timed", flush=True)
-        seconds = reference.timed(step)[1]
+        seconds = one_step(i)
         if i >= warmup:
             print(f"{MARK} step {seconds:.4f}", flush=True)
 
@@ -142,7 +149,7 @@ def main() -> None:
             continue
         cmd = [sys.executable, os.path.abspath(__file__), "--size", args.size, "--warmup",
                str(args.warmup), "--steps", str(args.steps), "--worker", worker_arg]
-        if args.reference_dir:
+        if worker_arg == "reference":
             cmd += ["--reference-dir", args.reference_dir, "--torch-threads",
                     str(args.torch_threads)]
         out = subprocess.run(cmd, env=dict(os.environ, ONEDNN_VERBOSE="1"),

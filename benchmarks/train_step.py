@@ -26,8 +26,8 @@ trainer's order: `train._compile_ahead`, `parallel.compile_ahead`) and reports:
   step, built the state and run the step, nothing else: the peak includes XLA's
   compile-time memory; with a warm `--cache-dir` the step is loaded instead, which on
   DDPM++ held ~0.3 GiB more: README "Compiling before the state exists"), its RSS after
-  the timed steps
-  (and the matmul-peak measurements), and on GPU the device's peak_bytes_in_use.
+  the timed steps (and the matmul-peak measurements), and on GPU the device's
+  peak_bytes_in_use.
 
 With `--reference-dir PATH` (a clone of github.com/yang-song/score_sde_pytorch; torch and
 ml_collections installed) a reference worker runs score_sde's own training step

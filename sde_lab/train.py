@@ -229,9 +229,10 @@ def _compile_ahead(exp, step_fn, ckpt, dataset, mesh):
     The state's shapes come from `state.abstract_state` (`jax.eval_shape` of its
     initialisation), and the first step from the newest checkpoint the restore will find
     (if that checkpoint turns out unreadable and an older one is restored, a first
-    dispatch of another length compiles on its call, as the last one of a run does). Why ahead: the compiler's peak memory
-    then does not come on top of the state's, and `parallel.compile_ahead` frees the
-    lowered program JAX would keep (DDPM++'s step: README "Training speed on CPU").
+    dispatch of another length compiles on its call, as the last one of a run does). Why
+    ahead: the compiler's peak memory then does not come on top of the state's, and
+    `parallel.compile_ahead` frees the lowered program JAX would keep (DDPM++'s step:
+    README "Training speed on CPU").
     """
     t = exp.train
     if not hasattr(step_fn, "lower"):
