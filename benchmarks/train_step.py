@@ -155,7 +155,7 @@ def sde_lab_step_parts(size: str, batch: int, dtype: str, remat: bool,
     mesh = parallel.make_mesh(jax.devices()[:1])
     step_fn = parallel.compile_step(train.make_train_step(loss_fn, optimizer, EMA_RATE), mesh,
                                     mode="jit")
-    side = 8 if size == "tiny" else 32
+    side = _side(size)
     # Initialisation runs once: on CPU compile it without XLA's backend optimisations
     # (minutes saved on 2 cores; it does not touch the timed step).
     cheap = ({"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
@@ -288,11 +288,11 @@ def reference_worker(spec: dict) -> None:
 def _configs(args) -> list[list[dict]]:
     """Groups of worker specs; the workers of a group are timed interleaved (one group per
     size and remat setting, or a single group with --one-group)."""
-    sizes = args.sizes.split(",") + (["ddpmpp_cont_deep", "ncsnpp_cont_deep"] if args.deep else [])
+    sizes = _size_list(args)
     groups = []
     for size in sizes:
         if size not in SIZES:
-            raise SystemExit(f"unknown size '{size}'; available: {sorted(SIZES)}")
+            raise SystemExit(f"error: --sizes: unknown size {size!r}; available: {sorted(SIZES)}")
         for remat in args.remat.split(","):
             group = [dict(kind="sde_lab", size=size, batch=args.batch, dtype=dtype,
                           remat=remat == "on", variant=variant, cache_dir=args.cache_dir,
@@ -458,6 +458,21 @@ def _cpu_summary() -> str:
     return f"{name}; {' '.join(have) or 'none of ' + ' '.join(wanted)}{note}"
 
 
+
+def _side(size: str) -> int:
+    """Image side of a size: 32 for the published networks, 8 for the smoke-test "tiny"."""
+    return 8 if size == "tiny" else 32
+
+
+def _size_list(args) -> list[str]:
+    return args.sizes.split(",") + (["ddpmpp_cont_deep", "ncsnpp_cont_deep"] if args.deep else [])
+
+
+def _image_sizes(args) -> str:
+    """The footer's image shapes, e.g. "32x32x3" (or "8x8x3 (tiny), 32x32x3")."""
+    sides = dict.fromkeys(_side(s) for s in _size_list(args))
+    return ", ".join(f"{n}x{n}x3" + (" (tiny)" if n == 8 else "") for n in sides)
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -517,7 +532,7 @@ def main():
     print_table(all_rows, args.batch)
     info = next((r["info"] for r in all_rows if r["spec"]["kind"] == "sde_lab"), {})
     print(f"\ndevice: {info.get('device')} ({info.get('platform')}), {os.cpu_count()} CPUs "
-          f"visible, jax {info.get('jax')}; batch {args.batch}, 32x32x3; {args.steps} timed "
+          f"visible, jax {info.get('jax')}; batch {args.batch}, {_image_sizes(args)}; {args.steps} timed "
           f"steps x {args.repeats} rounds after {WARMUP_STEPS} warm-up steps")
     print(f"uptime after: {_workers.uptime()}", flush=True)
     if args.out:
