@@ -74,3 +74,30 @@ def test_gpu_check_options_run_on_cpu_and_report_what_they_measured(tmp_path):
         assert float(cells[4]) == pytest.approx(BATCH / row["step_s"], rel=0.01, abs=0.05)
     assert table[1].rstrip(" |").endswith(f"{bf16['vs_fp32'][0]:.2f}x ({bf16['vs_fp32'][0]:.2f})")
     assert re.search(r"batch 4, 8x8x3 \(tiny\);", proc.stdout)
+
+
+@pytest.mark.slow
+def test_onednn_rows_count_the_convolutions_xla_cannot_see():
+    from sde_lab import onednn, parallel
+
+    if onednn.unavailable() is not None:
+        pytest.skip(str(onednn.unavailable()))
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import train_step
+
+    compiled_flops = {}
+    for conv_backward in ("auto", "onednn"):
+        step_fn, make_state, data, keys = train_step.sde_lab_step_parts(
+            "tiny", BATCH, "float32", False, conv_backward)
+        cost = step_fn.lower(parallel.abstract(make_state(shapes_only=True)), data,
+                             keys[0]).compile().cost_analysis()
+        compiled_flops[conv_backward] = float(
+            (cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"])
+    spec = dict(size="tiny", batch=BATCH, dtype="float32", remat=False)
+    ffi = train_step._ffi_convolution_flops(spec, data, keys, make_state)
+    # Most of the step's arithmetic is in the convolutions that oneDNN runs...
+    assert compiled_flops["onednn"] < 0.5 * compiled_flops["auto"]
+    assert ffi > compiled_flops["onednn"]
+    # ...and with them counted the onednn step's count is XLA's for the same step with its
+    # own convolutions (to the few percent by which unoptimised and compiled HLO differ).
+    assert compiled_flops["onednn"] + ffi == pytest.approx(compiled_flops["auto"], rel=0.08)
