@@ -317,7 +317,8 @@ def _configs(args) -> list[list[dict]]:
     groups = []
     for size in sizes:
         if size not in SIZES:
-            raise SystemExit(f"error: --sizes: unknown size {size!r}; available: {sorted(SIZES)}")
+            raise SystemExit(f"error: --sizes: unknown size {size!r}; "
+                             f"available: {sorted(SIZES)}")
         for remat in args.remat.split(","):
             group = [dict(kind="sde_lab", size=size, batch=args.batch, dtype=dtype,
                           remat=remat == "on", variant=variant, cache_dir=args.cache_dir,
@@ -481,13 +482,13 @@ def _cpu_summary() -> str:
     return f"{name}; {' '.join(have) or 'none of ' + ' '.join(wanted)}{note}"
 
 
-
 def _side(size: str) -> int:
     """Image side of a size: 32 for the published networks, 8 for the smoke-test "tiny"."""
     return 8 if size == "tiny" else 32
 
 
 def _size_list(args) -> list[str]:
+    """--sizes, and the two deep sizes with --deep."""
     return args.sizes.split(",") + (["ddpmpp_cont_deep", "ncsnpp_cont_deep"] if args.deep else [])
 
 
@@ -495,6 +496,7 @@ def _image_sizes(args) -> str:
     """The footer's image shapes, e.g. "32x32x3" (or "8x8x3 (tiny), 32x32x3")."""
     sides = dict.fromkeys(_side(s) for s in _size_list(args))
     return ", ".join(f"{n}x{n}x3" + (" (tiny)" if n == 8 else "") for n in sides)
+
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
@@ -555,8 +557,9 @@ def main():
     print_table(all_rows, args.batch)
     info = next((r["info"] for r in all_rows if r["spec"]["kind"] == "sde_lab"), {})
     print(f"\ndevice: {info.get('device')} ({info.get('platform')}), {os.cpu_count()} CPUs "
-          f"visible, jax {info.get('jax')}; batch {args.batch}, {_image_sizes(args)}; {args.steps} timed "
-          f"steps x {args.repeats} rounds after {WARMUP_STEPS} warm-up steps")
+          f"visible, jax {info.get('jax')}; batch {args.batch}, {_image_sizes(args)}; "
+          f"{args.steps} timed steps x {args.repeats} rounds after {WARMUP_STEPS} warm-up "
+          "steps")
     print(f"uptime after: {_workers.uptime()}", flush=True)
     if args.out:
         with open(args.out, "w") as f:
